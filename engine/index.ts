@@ -1,0 +1,8 @@
+export * from './dtype.js';
+export * from './errors.js';
+export * from './params.js';
+export * from './pool.js';
+export * from './tensor.js';
+export * from './profiler.js';
+export { Gpu, type GpuOptions, type AdapterSummary, type Bindable } from './device.js';
+export type { Access, KernelSpec, Kernel, BufferRange } from './pipelines.js';

@@ -1,0 +1,48 @@
+// WGSL snippets shared by kernels: linear workgroup ids over folded grids, and 16-bit float loads that
+// work without the shader-f16 feature (halves packed two per u32).
+
+import type { DType } from '../engine/dtype.js';
+
+/** Linear workgroup index for grids folded into x and y by Gpu.run(…, linearCount). */
+export const LINEAR_WORKGROUP = /* wgsl */ `
+fn linear_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
+`;
+
+/**
+ * WGSL storage type and scalar loader for an element type stored in memory.
+ * f16 and bf16 are stored as packed u32 pairs and widened to f32 on load, so they need no feature.
+ * Usage: `${elementType(dtype)}` for the array element, `${loadFn(name, dtype)}` defines `fn name(i: u32) -> f32`.
+ */
+export function storageElement(dtype: DType): string {
+  switch (dtype) {
+    case 'f32':
+      return 'f32';
+    case 'i32':
+      return 'i32';
+    default:
+      return 'u32';
+  }
+}
+
+/** Defines `fn <fnName>(i: u32) -> f32` reading element i of array `<arrayName>` stored as `dtype`. */
+export function loadAsF32(fnName: string, arrayName: string, dtype: DType): string {
+  switch (dtype) {
+    case 'f32':
+      return `fn ${fnName}(i: u32) -> f32 { return ${arrayName}[i]; }`;
+    case 'f16':
+      return `fn ${fnName}(i: u32) -> f32 { let w = ${arrayName}[i >> 1u]; return unpack2x16float(w)[i & 1u]; }`;
+    case 'bf16':
+      return `fn ${fnName}(i: u32) -> f32 { let w = ${arrayName}[i >> 1u]; return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u)); }`;
+    default:
+      return `fn ${fnName}(i: u32) -> f32 { return f32(${arrayName}[i]); }`;
+  }
+}
+
+/** Round up to a multiple. */
+export function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+export function ceilDiv(n: number, m: number): number {
+  return Math.ceil(n / m);
+}
