@@ -1,5 +1,6 @@
 // One line per command module; each exports register(program).
 import type { Command } from 'commander';
 import { register as info } from './info.js';
+import { register as tokenize } from './tokenize.js';
 
-export const registry: Array<(program: Command) => void> = [info];
+export const registry: Array<(program: Command) => void> = [info, tokenize];
