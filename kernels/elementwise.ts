@@ -6,7 +6,9 @@ import { ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP } from './wgsl.js';
+import { type DType, isFloat } from '../engine/dtype.js';
+import { assertSeparateBuffers, elementWindow, windowElements } from './layout.js';
+import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
 
 export type UnaryOp = 'gelu_tanh' | 'gelu_erf' | 'silu' | 'scale' | 'identity';
 export type BinaryOp = 'add' | 'mul';
@@ -222,4 +224,134 @@ export function binaryRef(op: BinaryOp, a: ArrayLike<number>, b: ArrayLike<numbe
     y[i] = op === 'add' ? alpha * a[i] + beta * bv : alpha * a[i] * bv;
   }
   return y;
+}
+
+// ---- cast ------------------------------------------------------------------------------------
+
+// Float conversions done with integer ops on the bit patterns, so they need no shader-f16, never see a
+// float unit's flush-to-zero or NaN canonicalisation, and match engine/dtype.ts f32ToF16Bits /
+// f32ToBf16Bits bit for bit (round to nearest even, subnormals, overflow to ±Inf, quiet NaN).
+const CAST_BITS_WGSL = /* wgsl */ `
+fn f16_to_f32_bits(h: u32) -> u32 {
+  let s = (h & 0x8000u) << 16u;
+  let e = (h >> 10u) & 0x1fu;
+  let m = h & 0x3ffu;
+  if (e == 0x1fu) { return s | 0x7f800000u | (m << 13u); } // Inf, NaN (payload kept)
+  if (e != 0u) { return s | ((e + 112u) << 23u) | (m << 13u); }
+  if (m == 0u) { return s; }
+  // Subnormal half m·2^-24: its top set bit q gives the f32 exponent q - 24, the bits below it the mantissa.
+  let q = 31u - countLeadingZeros(m);
+  return s | ((q + 103u) << 23u) | ((m << (23u - q)) & 0x7fffffu);
+}
+fn f32_bits_to_f16(x: u32) -> u32 {
+  let s = (x >> 16u) & 0x8000u;
+  let ex = (x >> 23u) & 0xffu;
+  let mant = x & 0x7fffffu;
+  if (ex == 0xffu) { return s | 0x7c00u | select(0u, 0x200u | (mant >> 13u), mant != 0u); }
+  let e = i32(ex) - 112; // rebiased for half (bias 15)
+  if (e >= 31) { return s | 0x7c00u; }
+  if (e <= 0) {
+    // Subnormal half (or zero): shift the 24-bit significand into place and round.
+    if (e < -10) { return s; }
+    let m = mant | 0x800000u;
+    let shift = u32(14 - e);
+    let half = 1u << (shift - 1u);
+    let rest = m & ((1u << shift) - 1u);
+    var r = m >> shift;
+    if (rest > half || (rest == half && (r & 1u) == 1u)) { r += 1u; }
+    return s | r;
+  }
+  var r = (u32(e) << 10u) | (mant >> 13u);
+  let rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (r & 1u) == 1u)) { r += 1u; } // a carry into the exponent is right (→ Inf at the top)
+  return s | r;
+}
+fn f32_bits_to_bf16(x: u32) -> u32 {
+  if ((x & 0x7f800000u) == 0x7f800000u && (x & 0x7fffffu) != 0u) { return ((x >> 16u) | 0x40u) & 0xffffu; }
+  return ((x + 0x7fffu + ((x >> 16u) & 1u)) >> 16u) & 0xffffu;
+}`;
+
+type FloatDType = 'f32' | 'f16' | 'bf16';
+
+function castExpr(from: FloatDType, to: FloatDType): string {
+  if (from === to) return 'b'; // a plain copy, bit for bit
+  const wide = from === 'f32' ? 'b' : from === 'f16' ? 'f16_to_f32_bits(b)' : '(b << 16u)';
+  return to === 'f32' ? wide : to === 'f16' ? `f32_bits_to_f16(${wide})` : `f32_bits_to_bf16(${wide})`;
+}
+
+const castSpecs = new Map<string, KernelSpec>();
+function castSpec(from: FloatDType, to: FloatDType): KernelSpec {
+  const key = `${from}_${to}`;
+  let spec = castSpecs.get(key);
+  if (spec) return spec;
+  const load =
+    from === 'f32'
+      ? 'let b = x[p.xFirst + j];'
+      : 'let i = p.xFirst + j; let b = (x[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;';
+  // f32 out: one invocation per element. 16-bit out: one invocation per output word (two halves), so no
+  // two invocations write the same word; a word only partly inside the output keeps its other half.
+  const body =
+    to === 'f32'
+      ? /* wgsl */ `
+  let i = linear_workgroup(wid, nwg) * ${WG}u + li;
+  if (i < p.n) { y[p.yFirst + i] = out_bits(i); }`
+      : /* wgsl */ `
+  let w = (p.yFirst >> 1u) + linear_workgroup(wid, nwg) * ${WG}u + li;
+  let lo = 2u * w;
+  let end = p.yFirst + p.n;
+  if (lo >= end) { return; }
+  let inLo = lo >= p.yFirst;
+  let inHi = lo + 1u >= p.yFirst && lo + 1u < end;
+  var word: u32;
+  if (inLo && inHi) {
+    word = out_bits(lo - p.yFirst) | (out_bits(lo + 1u - p.yFirst) << 16u);
+  } else {
+    word = y[w];
+    if (inLo) { word = (word & 0xffff0000u) | out_bits(lo - p.yFirst); }
+    if (inHi) { word = (word & 0x0000ffffu) | (out_bits(lo + 1u - p.yFirst) << 16u); }
+  }
+  y[w] = word;`;
+  spec = {
+    name: `cast_${key}`,
+    bindings: ['read', 'write'],
+    code: /* wgsl */ `
+struct P { n: u32, xFirst: u32, yFirst: u32 }
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+${CAST_BITS_WGSL}
+// Output bits of element j (relative to the first element of this dispatch).
+fn out_bits(j: u32) -> u32 { ${load} return ${castExpr(from, to)}; }
+${LINEAR_WORKGROUP}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {${body}
+}`,
+  };
+  castSpecs.set(key, spec);
+  return spec;
+}
+
+/**
+ * Converts between f32, f16 and bf16 (round to nearest even; overflow → ±Inf; NaN stays NaN), bit-exact
+ * with engine/dtype.ts. Any element count and offset (views of halves may start mid-word). Tensors
+ * larger than one binding are converted in chunks. `out` (same element count, dtype `dtype`) may be given,
+ * e.g. a persistent tensor for weights; it must not share a buffer with x. Same dtype in and out is a bit copy.
+ */
+export function cast(gpu: Gpu, x: Tensor, dtype: DType, opts: { out?: Tensor } = {}): Tensor {
+  const name = `cast_${x.dtype}_${dtype}`;
+  if (!isFloat(x.dtype) || !isFloat(dtype)) throw new ShapeError(name, `${x} → ${dtype}: only f32, f16 and bf16 are supported`);
+  const out = opts.out ?? gpu.empty(x.shape, dtype, name);
+  if (out.dtype !== dtype || out.numel !== x.numel) throw new ShapeError(name, `out ${out} must be ${dtype} with the ${x.numel} elements of ${x}`);
+  const spec = castSpec(x.dtype as FloatDType, dtype as FloatDType);
+  const halvesOut = dtype !== 'f32';
+  const chunk = Math.min(windowElements(gpu, x.dtype), windowElements(gpu, dtype));
+  for (let e0 = 0; e0 < x.numel; e0 += chunk) {
+    const n = Math.min(chunk, x.numel - e0);
+    const xw = elementWindow(gpu, x, e0, n);
+    const yw = elementWindow(gpu, out, e0, n);
+    assertSeparateBuffers(name, yw, 'out', { x: xw });
+    const invocations = halvesOut ? ((yw.first + n - 1) >> 1) - (yw.first >> 1) + 1 : n;
+    gpu.run(spec, [xw.range, yw.range], new Params().u32(n, xw.first, yw.first), ceilDiv(invocations, WG));
+  }
+  return out;
 }
