@@ -10,7 +10,7 @@ import { type DType, isFloat } from '../engine/dtype.js';
 import { assertSeparateBuffers, elementWindow, windowElements } from './layout.js';
 import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
 
-export type UnaryOp = 'gelu_tanh' | 'gelu_erf' | 'silu' | 'scale' | 'identity';
+export type UnaryOp = 'gelu_tanh' | 'gelu_erf' | 'silu' | 'scale' | 'clamp' | 'identity';
 export type BinaryOp = 'add' | 'mul';
 
 const WG = 256;
@@ -46,6 +46,8 @@ function unaryExpr(op: UnaryOp): string {
       return 'v / (1.0 + exp(-v))';
     case 'scale':
       return 'v * p.alpha';
+    case 'clamp':
+      return 'clamp(v, -p.alpha, p.alpha)';
     case 'identity':
       return 'v';
   }
@@ -90,6 +92,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   return spec;
 }
 
+/** Element ranges that each fit one binding (f32), starting at multiples of 1024 elements (4 KiB: aligned). */
+function elementChunks(gpu: Gpu, numel: number): Array<[number, number]> {
+  const max = Math.floor(gpu.limits.maxStorageBufferBindingSize / 4 / 1024) * 1024;
+  if (numel <= max) return [[0, numel]];
+  const out: Array<[number, number]> = [];
+  for (let s = 0; s < numel; s += max) out.push([s, Math.min(max, numel - s)]);
+  return out;
+}
+
+function flatRange(t: Tensor, start: number, n: number): Tensor {
+  return start === 0 && n === t.numel ? t : t.reshape([t.numel]).rows(start, n);
+}
+
 function checkF32(kernel: string, ...ts: Tensor[]): void {
   for (const t of ts) if (t.dtype !== 'f32') throw new ShapeError(kernel, `${t} must be f32`);
 }
@@ -101,7 +116,10 @@ export function unary(gpu: Gpu, op: UnaryOp, x: Tensor, opts: { alpha?: number; 
   const out = opts.out ?? gpu.empty(x.shape, 'f32', name);
   checkF32(name, out);
   if (out.numel !== x.numel) throw new ShapeError(name, `out ${shapeStr(out.shape)} vs x ${shapeStr(x.shape)}`);
-  gpu.run(unarySpec(op), [x, out], new Params().u32(x.numel).f32(opts.alpha ?? 1), Math.ceil(x.numel / WG));
+  for (const [start, n] of elementChunks(gpu, x.numel)) {
+    const params = new Params().u32(n).f32(opts.alpha ?? 1);
+    gpu.run(unarySpec(op), [flatRange(x, start, n), flatRange(out, start, n)], params, Math.ceil(n / WG));
+  }
   return out;
 }
 
@@ -117,7 +135,7 @@ function binarySpec(op: BinaryOp): KernelSpec {
       name: `binary_${op}`,
       bindings: ['read', 'read', 'write'],
       code: /* wgsl */ `
-struct P { n: u32, nb: u32, alpha: f32, beta: f32 }
+struct P { n: u32, nb: u32, alpha: f32, beta: f32, base: u32 }
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
@@ -127,7 +145,7 @@ ${LINEAR_WORKGROUP}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (i >= p.n) { return; }
-  let bv = b[i % p.nb];
+  let bv = b[(p.base + i) % p.nb];
   y[i] = ${op === 'add' ? 'p.alpha * a[i] + p.beta * bv' : 'p.alpha * a[i] * bv'};
 }`,
     };
@@ -150,8 +168,10 @@ export function binary(gpu: Gpu, op: BinaryOp, a: Tensor, b: Tensor, opts: { alp
   const out = opts.out ?? gpu.empty(a.shape, 'f32', name);
   checkF32(name, out);
   if (out.numel !== a.numel) throw new ShapeError(name, `out ${shapeStr(out.shape)} vs a ${shapeStr(a.shape)}`);
-  const params = new Params().u32(a.numel, b.numel).f32(opts.alpha ?? 1, opts.beta ?? 1);
-  gpu.run(binarySpec(op), [a, b, out], params, Math.ceil(a.numel / WG));
+  for (const [start, n] of elementChunks(gpu, a.numel)) {
+    const params = new Params().u32(n, b.numel).f32(opts.alpha ?? 1, opts.beta ?? 1).u32(start % b.numel);
+    gpu.run(binarySpec(op), [flatRange(a, start, n), b, flatRange(out, start, n)], params, Math.ceil(n / WG));
+  }
   return out;
 }
 
@@ -209,6 +229,9 @@ export function unaryRef(op: UnaryOp, x: ArrayLike<number>, alpha = 1): Float64A
         break;
       case 'scale':
         y[i] = v * alpha;
+        break;
+      case 'clamp':
+        y[i] = Math.min(Math.max(v, -alpha), alpha);
         break;
       case 'identity':
         y[i] = v;

@@ -5,6 +5,7 @@
 export type WeightsErrorCode =
   | 'io' // the operating system refused or the file ended early
   | 'truncated' // a byte range lies (partly) beyond the end of the file
+  | 'out-of-range' // a view or offset points outside its storage
   | 'bad-header' // safetensors header: length, JSON or structure
   | 'unknown-dtype'
   | 'shape-mismatch' // shape × item size ≠ byte range, or a tensor has another shape than expected

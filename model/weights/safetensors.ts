@@ -6,6 +6,7 @@
 // offsets are relative to the first data byte (8 + N). Positions are plain numbers: exact up to 2^53,
 // far beyond any file we will meet, and every parsed offset is checked to be a safe integer.
 
+import { kMaxLength } from 'node:buffer';
 import { open, type FileHandle } from 'node:fs/promises';
 import { DTYPE_ITEM_SIZE, bytesToF32, isDtype, type Dtype } from './dtype_convert.js';
 import { WeightsError, formatShape } from './errors.js';
@@ -103,14 +104,19 @@ export function chunkSizeFor(itemSize: number, requested: number | undefined): n
   return Math.max(unit, bounded - (bounded % unit));
 }
 
-/** Streams `length` bytes of the file from `start` in chunks of at most `chunkBytes`. */
-export async function streamFileRange(
+export interface TensorChunk {
+  bytes: Uint8Array;
+  /** Byte offset of `bytes` within the tensor. */
+  offset: number;
+}
+
+/** Yields `length` bytes of the file from `start` in chunks of at most `chunkBytes`, in order. */
+export async function* fileRangeChunks(
   handle: FileHandle,
   range: { start: number; length: number; itemSize: number },
   where: { file: string; tensor?: string },
-  onChunk: ChunkHandler,
   options: ChunkOptions = {},
-): Promise<void> {
+): AsyncGenerator<TensorChunk> {
   const chunkBytes = chunkSizeFor(range.itemSize, options.chunkBytes);
   const reuse = options.reuseBuffer ?? true;
   let buffer = new Uint8Array(Math.min(chunkBytes, range.length));
@@ -119,8 +125,22 @@ export async function streamFileRange(
     if (!reuse && offset > 0) buffer = new Uint8Array(size);
     const view = buffer.subarray(0, size);
     await readExactly(handle, view, range.start + offset, where);
-    await onChunk(view, offset);
+    yield { bytes: view, offset };
   }
+}
+
+/** One JS buffer holds at most this; larger tensors must be streamed with `tensorChunks`. */
+export const MAX_BUFFER_BYTES = Math.min(kMaxLength, 2 ** 32);
+
+/** A buffer for a whole tensor, or a clear error when it cannot be one buffer. */
+export function allocateTensorBuffer(byteLength: number, where: { file: string; tensor: string }): Uint8Array {
+  if (byteLength > MAX_BUFFER_BYTES) {
+    throw new WeightsError(`${byteLength} bytes do not fit one buffer; stream the tensor with tensorChunks instead`, {
+      code: 'unsupported',
+      ...where,
+    });
+  }
+  return new Uint8Array(byteLength);
 }
 
 // ---------------------------------------------------------------- header parsing
@@ -131,6 +151,12 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 function isSafeCount(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** A JSON value for an error message, cut short: a hostile header can hold megabytes in one field. */
+function preview(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }
 
 /** Product of a shape's dimensions, or undefined when it exceeds 2^53. */
@@ -202,16 +228,20 @@ function parseEntry(
   context: { file: string; fileSize: number; dataStart: number },
 ): SafetensorsEntry {
   const { file, fileSize, dataStart } = context;
-  const fail = (message: string, code: 'bad-header' | 'unknown-dtype' | 'shape-mismatch', offset = 8): never => {
+  const fail = (
+    message: string,
+    code: 'bad-header' | 'unknown-dtype' | 'shape-mismatch' = 'bad-header',
+    offset = 8,
+  ): never => {
     throw new WeightsError(message, { code, file, tensor: name, offset });
   };
   if (!isRecord(raw)) fail('header entry is not an object');
   const entry = raw as Record<string, unknown>;
   const { dtype, shape, data_offsets: offsets } = entry;
-  if (!isDtype(dtype)) fail(`unknown dtype ${JSON.stringify(dtype)}`, 'unknown-dtype');
-  if (!Array.isArray(shape) || !shape.every(isSafeCount)) fail(`shape ${JSON.stringify(shape)} is not a list of sizes`);
+  if (!isDtype(dtype)) fail(`unknown dtype ${preview(dtype)}`, 'unknown-dtype');
+  if (!Array.isArray(shape) || !shape.every(isSafeCount)) fail(`shape ${preview(shape)} is not a list of sizes`);
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isSafeCount)) {
-    fail(`data_offsets ${JSON.stringify(offsets)} is not a pair of byte offsets`);
+    fail(`data_offsets ${preview(offsets)} is not a pair of byte offsets`);
   }
   const typedDtype = dtype as Dtype;
   const typedShape = shape as number[];
@@ -339,35 +369,24 @@ export class SafetensorsFile {
 
   /** Streams the tensor's bytes: chunks of at most `chunkBytes`, in order, each with its offset. */
   async readTensor(name: string, onChunk: ChunkHandler, options: ChunkOptions = {}): Promise<void> {
-    const e = this.entry(name);
-    await streamFileRange(
-      this.handle,
-      { start: e.fileOffset, length: e.byteLength, itemSize: DTYPE_ITEM_SIZE[e.dtype] },
-      { file: this.path, tensor: name },
-      onChunk,
-      options,
-    );
+    for await (const chunk of this.tensorChunks(name, options)) await onChunk(chunk.bytes, chunk.offset);
   }
 
   /** The same chunks as an async iterator (`for await (const { bytes, offset } of …)`). */
-  async *tensorChunks(name: string, options: ChunkOptions = {}): AsyncGenerator<{ bytes: Uint8Array; offset: number }> {
+  tensorChunks(name: string, options: ChunkOptions = {}): AsyncGenerator<TensorChunk> {
     const e = this.entry(name);
-    const chunkBytes = chunkSizeFor(DTYPE_ITEM_SIZE[e.dtype], options.chunkBytes);
-    const reuse = options.reuseBuffer ?? true;
-    let buffer = new Uint8Array(Math.min(chunkBytes, e.byteLength));
-    for (let offset = 0; offset < e.byteLength; offset += chunkBytes) {
-      const size = Math.min(chunkBytes, e.byteLength - offset);
-      if (!reuse && offset > 0) buffer = new Uint8Array(size);
-      const view = buffer.subarray(0, size);
-      await readExactly(this.handle, view, e.fileOffset + offset, { file: this.path, tensor: name });
-      yield { bytes: view, offset };
-    }
+    return fileRangeChunks(
+      this.handle,
+      { start: e.fileOffset, length: e.byteLength, itemSize: DTYPE_ITEM_SIZE[e.dtype] },
+      { file: this.path, tensor: name },
+      options,
+    );
   }
 
   /** The whole tensor in one new buffer; for tensors that fit in memory. */
   async readTensorBytes(name: string): Promise<Uint8Array> {
     const e = this.entry(name);
-    const bytes = new Uint8Array(e.byteLength);
+    const bytes = allocateTensorBuffer(e.byteLength, { file: this.path, tensor: name });
     // Read in bounded pieces: one positioned read is limited to 2 GiB.
     for (let offset = 0; offset < e.byteLength; offset += MAX_CHUNK_BYTES) {
       const view = bytes.subarray(offset, Math.min(e.byteLength, offset + MAX_CHUNK_BYTES));

@@ -8,15 +8,16 @@ afterAll(releaseTestGpu);
 // so 1e-5 relative + 1e-6 absolute (for outputs near zero) bounds the rounding.
 describe(`elementwise (seed ${runSeed})`, () => {
   const sizes = [1, 7, 255, 256, 257, 100_003];
-  const unaries: UnaryOp[] = ['gelu_tanh', 'gelu_erf', 'silu', 'scale'];
+  const unaries: UnaryOp[] = ['gelu_tanh', 'gelu_erf', 'silu', 'scale', 'clamp'];
   for (const op of unaries) {
     it.each(sizes)(`${op} on %i elements`, async (n) => {
       const gpu = await testGpu();
       const rand = rng(runSeed + n);
       const x = randomArray(n, rand, -9, 9);
       const out = poisoned(gpu, [n]);
-      unary(gpu, op, gpu.upload(x, [n], 'f32'), { alpha: -1.75, out });
-      expectClose(await out.read(), unaryRef(op, x, -1.75), { what: op, rtol: 1e-5, atol: 1e-6 });
+      const alpha = op === 'clamp' ? 4.5 : -1.75; // clamp's bound must be positive; ±9 inputs hit both sides
+      unary(gpu, op, gpu.upload(x, [n], 'f32'), { alpha, out });
+      expectClose(await out.read(), unaryRef(op, x, alpha), { what: op, rtol: 1e-5, atol: 1e-6 });
     });
   }
   const binaries: BinaryOp[] = ['add', 'mul'];
