@@ -1,0 +1,180 @@
+// Feature maps of one image split into channel chunks, each small enough for one GPU binding.
+// A 1024² decoder map is far larger than a binding (256 ch × 1024² f32 = 1 GiB vs 128 MiB on lavapipe),
+// and NCHW maps cannot be cut into row bands without strided bindings — but channel ranges are contiguous.
+// So: convolutions accumulate over input chunks (with weight slices along Cin, made once and cached),
+// GroupNorm runs per chunk (chunks hold whole channel groups, so statistics are exact), and nearest
+// up-sampling and residual adds run chunk by chunk. Small maps are a single chunk and take the plain path.
+
+import type { Gpu } from '../../engine/device.js';
+import { LimitError } from '../../engine/errors.js';
+import type { Tensor } from '../../engine/tensor.js';
+import { conv2d } from '../../kernels/conv.js';
+import { unary } from '../../kernels/elementwise.js';
+import { copyColumns } from '../../kernels/layout.js';
+import { gatedResidual, groupNorm } from '../../kernels/norms.js';
+import { resize } from '../../kernels/resize.js';
+
+export interface Chunk {
+  /** First channel of this chunk. */
+  c0: number;
+  /** [1, count, H, W]. */
+  t: Tensor;
+}
+
+export interface FeatureMap {
+  C: number;
+  H: number;
+  W: number;
+  chunks: Chunk[];
+}
+
+interface ConvW {
+  weight: Tensor;
+  bias: Tensor | null;
+}
+
+interface NormW {
+  weight: Tensor;
+  bias: Tensor;
+}
+
+export class FeatureOps {
+  /** Largest chunk in bytes; defaults to the device's binding limit (tests lower it to force splitting). */
+  readonly maxChunkBytes: number;
+  private readonly weightSlices = new WeakMap<Tensor, Map<string, Tensor>>();
+
+  constructor(
+    readonly gpu: Gpu,
+    maxChunkBytes?: number,
+    private readonly groups = 32,
+  ) {
+    this.maxChunkBytes = Math.min(maxChunkBytes ?? Infinity, gpu.limits.maxStorageBufferBindingSize);
+  }
+
+  /** Channel ranges for a C×H×W map: whole GroupNorm groups per chunk, each chunk within the byte cap. */
+  plan(C: number, H: number, W: number): Array<[number, number]> {
+    const perChannel = H * W * 4;
+    const unit = C % this.groups === 0 ? C / this.groups : 1;
+    const fit = Math.floor(this.maxChunkBytes / perChannel);
+    // Prefer chunk starts on multiples of 8 channels, so per-channel vectors (bias, norm weights) can be
+    // bound as views at 32-byte-aligned offsets.
+    const step = unit * (8 / gcd(unit, 8));
+    const size = fit >= step ? Math.floor(fit / step) * step : Math.floor(fit / unit) * unit;
+    if (size === 0) {
+      throw new LimitError(`VAE feature map ${C}×${H}×${W}: one channel group`, 'maxStorageBufferBindingSize', unit * perChannel, this.maxChunkBytes);
+    }
+    const out: Array<[number, number]> = [];
+    for (let c = 0; c < C; c += size) out.push([c, Math.min(size, C - c)]);
+    return out;
+  }
+
+  /** Wraps a [1, C, H, W] tensor, splitting it when it is over the cap. */
+  wrap(t: Tensor): FeatureMap {
+    const [, C, H, W] = t.shape;
+    const plan = this.plan(C, H, W);
+    if (plan.length === 1) return { C, H, W, chunks: [{ c0: 0, t }] };
+    const flat = t.reshape([C, H * W]);
+    const chunks = plan.map(([c0, n]) => {
+      const piece = this.gpu.empty([1, n, H, W], 'f32', 'vae-chunk');
+      this.gpu.copy(flat.rows(c0, n), piece.reshape([n, H * W]));
+      return { c0, t: piece };
+    });
+    return { C, H, W, chunks };
+  }
+
+  /** 3×3 (padding 1) or 1×1 (padding 0) convolution, stride 1. */
+  conv(x: FeatureMap, w: ConvW, padding: number): FeatureMap {
+    const [Cout, Cin] = w.weight.shape;
+    if (Cin !== x.C) throw new LimitError(`conv input channels`, 'Cin', x.C, Cin); // unreachable after fromWeights checks
+    const { H, W } = x;
+    const chunks: Chunk[] = [];
+    for (const [o0, on] of this.plan(Cout, H, W)) {
+      let acc: Tensor | null = null;
+      for (const inChunk of x.chunks) {
+        const ws = this.weightSlice(w.weight, o0, on, inChunk.c0, inChunk.t.shape[1]);
+        const bias = acc === null && w.bias ? (on === Cout ? w.bias : w.bias.rows(o0, on)) : null;
+        const y = conv2d(this.gpu, inChunk.t, ws, bias, { padding });
+        if (acc === null) acc = y;
+        else {
+          gatedResidual(this.gpu, acc, y, null); // acc += y in place (a separate out would alias acc)
+          y.dispose();
+        }
+      }
+      chunks.push({ c0: o0, t: acc! });
+    }
+    return { C: Cout, H, W, chunks };
+  }
+
+  groupNormSwish(x: FeatureMap, n: NormW, groups: number, eps: number): FeatureMap {
+    const perGroup = x.C / groups;
+    return {
+      ...x,
+      chunks: x.chunks.map(({ c0, t }) => {
+        const count = t.shape[1];
+        const whole = count === x.C;
+        return {
+          c0,
+          t: groupNorm(this.gpu, t, {
+            groups: whole ? groups : count / perGroup,
+            weight: whole ? n.weight : n.weight.rows(c0, count),
+            bias: whole ? n.bias : n.bias.rows(c0, count),
+            eps,
+            swish: true,
+          }),
+        };
+      }),
+    };
+  }
+
+  upsampleNearest2x(x: FeatureMap): FeatureMap {
+    const H = 2 * x.H;
+    const W = 2 * x.W;
+    const chunks: Chunk[] = [];
+    const plan = this.plan(x.C, H, W);
+    for (const [c0, n] of plan) {
+      const src = x.chunks.find((c) => c.c0 <= c0 && c0 + n <= c.c0 + c.t.shape[1]);
+      if (!src) throw new Error(`internal: no source chunk for channels ${c0}..${c0 + n}`); // plans nest: finer at larger H·W
+      const srcView = src.t.shape[1] === n ? src.t : src.t.reshape([src.t.shape[1], x.H * x.W]).rows(c0 - src.c0, n).reshape([1, n, x.H, x.W]);
+      chunks.push({ c0, t: resize(this.gpu, srcView, H, W, 'nearest') });
+    }
+    return { C: x.C, H, W, chunks };
+  }
+
+  /** a += b chunk by chunk (same plan, since same C, H, W). Returns a. */
+  addInto(a: FeatureMap, b: FeatureMap): FeatureMap {
+    a.chunks.forEach((c, i) => gatedResidual(this.gpu, c.t, b.chunks[i].t, null));
+    return a;
+  }
+
+  /** Clamps to [−1, 1] and returns one [1, C, H, W] tensor (the RGB output always fits one binding). */
+  clampUnitToTensor(x: FeatureMap): Tensor {
+    if (x.chunks.length !== 1) throw new LimitError('VAE output', 'maxStorageBufferBindingSize', x.C * x.H * x.W * 4, this.maxChunkBytes);
+    const out = unary(this.gpu, 'clamp', x.chunks[0].t, { alpha: 1 });
+    this.free(x);
+    return out;
+  }
+
+  free(x: FeatureMap): void {
+    for (const c of x.chunks) c.t.dispose();
+  }
+
+  /** w[o0:o0+on, c0:c0+cn] of a [Cout, Cin, k, k] weight: a view when it is the whole Cin, else a cached copy. */
+  private weightSlice(w: Tensor, o0: number, on: number, c0: number, cn: number): Tensor {
+    const [Cout, Cin, k] = w.shape;
+    if (cn === Cin) return on === Cout ? w : w.rows(o0, on);
+    let cache = this.weightSlices.get(w);
+    if (!cache) this.weightSlices.set(w, (cache = new Map()));
+    const key = `${o0}:${on}:${c0}:${cn}`;
+    let slice = cache.get(key);
+    if (!slice) {
+      const cols = copyColumns(this.gpu, w.reshape([Cout, Cin * k * k]).rows(o0, on), c0 * k * k, cn * k * k);
+      slice = cols.reshape([on, cn, k, k]);
+      cache.set(key, slice);
+    }
+    return slice;
+  }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
