@@ -17,83 +17,128 @@ export function isHalf(dtype: DType): boolean {
   return dtype === 'f16' || dtype === 'bf16';
 }
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
+// ---- scalar bit conversions (round to nearest even; NaN stays NaN, overflow → ±Inf) ----
 
-/** f32 → IEEE binary16 bits, round to nearest even; overflow → ±Inf, NaN stays NaN (quiet). */
-export function f32ToF16Bits(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0];
+const scratchF32 = new Float32Array(1);
+const scratchU32 = new Uint32Array(scratchF32.buffer);
+
+export function f32ToBits(value: number): number {
+  scratchF32[0] = value;
+  return scratchU32[0]!;
+}
+
+export function bitsToF32(bits: number): number {
+  scratchU32[0] = bits >>> 0;
+  return scratchF32[0]!;
+}
+
+/** f32 bit pattern (u32) → f16 bit pattern (u16), round to nearest even. */
+export function f32BitsToF16Bits(bits: number): number {
+  const x = bits >>> 0;
   const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
-  // Unbiased exponent, rebiased for half (bias 15).
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // Subnormal half (or zero): shift the full 24-bit significand into place and round.
-    if (e < -10) return sign;
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    const rest = m & ((1 << shift) - 1);
-    let r = m >>> shift;
-    if (rest > half || (rest === half && (r & 1))) r += 1;
-    return sign | r;
+  const exponent = (x >>> 23) & 0xff;
+  let mantissa = x & 0x7fffff;
+  if (exponent === 0xff) {
+    // Inf stays Inf; NaN keeps its top payload bits and is forced quiet so it cannot become Inf.
+    return mantissa === 0 ? sign | 0x7c00 : sign | 0x7e00 | (mantissa >>> 13);
   }
-  let r = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r += 1; // carry may roll into the exponent: correct (→ Inf at top)
-  return sign | r;
+  const halfExponent = exponent - 127 + 15;
+  if (halfExponent >= 0x1f) return sign | 0x7c00; // too large: overflow to Inf
+  if (halfExponent <= 0) {
+    // f16 subnormal range: shift the full significand down to units of 2^-24.
+    if (halfExponent < -10) return sign; // below half the smallest subnormal: ±0
+    mantissa |= 0x800000;
+    const shift = 14 - halfExponent;
+    const rounded = mantissa + (1 << (shift - 1)) - 1 + ((mantissa >>> shift) & 1);
+    return sign | (rounded >>> shift); // a carry lands in the exponent field: the right encoding
+  }
+  const rounded = mantissa + 0xfff + ((mantissa >>> 13) & 1);
+  // A mantissa carry increments the exponent; an exponent of 31 then reads as Inf, as it should.
+  return sign | ((halfExponent << 10) + (rounded >>> 13));
 }
 
-/** IEEE binary16 bits → number (exact). */
-export function f16BitsToF32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const mant = h & 0x3ff;
-  if (exp === 0) return sign * mant * 2 ** -24;
-  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+/** f32 bit pattern → bf16 bit pattern (upper 16 bits), round to nearest even. */
+export function f32BitsToBf16Bits(bits: number): number {
+  const x = bits >>> 0;
+  if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) {
+    return (x >>> 16) | 0x40; // NaN: keep sign and payload top, force quiet
+  }
+  // x ≤ 0xff7fffff here, so the sum stays below 2^32 and `>>> 16` is exact.
+  return (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
 }
 
-/** f32 → bfloat16 bits, round to nearest even; NaN stays NaN. */
+let f16Table: Float32Array | undefined;
+
+/** All 65536 f16 values as f32, computed once (256 KiB): widening becomes one lookup. */
+function f16ToF32Table(): Float32Array {
+  if (f16Table) return f16Table;
+  const table = new Float32Array(65536);
+  const bits = new Uint32Array(table.buffer);
+  for (let h = 0; h < 65536; h++) {
+    const sign = (h & 0x8000) << 16;
+    const exponent = (h >>> 10) & 0x1f;
+    const mantissa = h & 0x3ff;
+    if (exponent === 0x1f) {
+      bits[h] = sign | 0x7f800000 | (mantissa << 13);
+    } else if (exponent === 0) {
+      table[h] = (sign ? -1 : 1) * mantissa * 2 ** -24; // zero or subnormal, exact in f32
+    } else {
+      bits[h] = sign | ((exponent - 15 + 127) << 23) | (mantissa << 13);
+    }
+  }
+  f16Table = table;
+  return table;
+}
+
+export function f16BitsToF32(bits: number): number {
+  return f16ToF32Table()[bits & 0xffff]!;
+}
+
+export function bf16BitsToF32(bits: number): number {
+  return bitsToF32((bits & 0xffff) << 16);
+}
+
+export function f32ToF16Bits(value: number): number {
+  return f32BitsToF16Bits(f32ToBits(value));
+}
+
 export function f32ToBf16Bits(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0];
-  if ((x & 0x7f800000) === 0x7f800000 && x & 0x7fffff) return ((x >>> 16) | 0x40) & 0xffff;
-  const lsb = (x >>> 16) & 1;
-  return ((x + 0x7fff + lsb) >>> 16) & 0xffff;
+  return f32BitsToBf16Bits(f32ToBits(value));
 }
 
-export function bf16BitsToF32(b: number): number {
-  u32Scratch[0] = (b & 0xffff) << 16;
-  return f32Scratch[0];
+// ---- array conversions ----
+
+export function f32ArrayToF16(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) dst[i] = f32BitsToF16Bits(bits[i]!);
+  return dst;
 }
 
+export function f32ArrayToBf16(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < bits.length; i++) dst[i] = f32BitsToBf16Bits(bits[i]!);
+  return dst;
+}
+
+export function f16ArrayToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
+  const table = f16ToF32Table();
+  for (let i = 0; i < src.length; i++) dst[i] = table[src[i]!]!;
+  return dst;
+}
+
+export function bf16ArrayToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
+  const out = new Uint32Array(dst.buffer, dst.byteOffset, src.length);
+  for (let i = 0; i < src.length; i++) out[i] = src[i]! << 16;
+  return dst;
+}
+
+/** Halves of any numeric array (a Float32Array is converted without copying). */
 export function f32ToF16Array(src: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = f32ToF16Bits(src[i]);
-  return out;
-}
-
-export function f16ArrayToF32(src: Uint16Array): Float32Array {
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = f16BitsToF32(src[i]);
-  return out;
+  return f32ArrayToF16(src instanceof Float32Array ? src : Float32Array.from(src));
 }
 
 export function f32ToBf16Array(src: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = f32ToBf16Bits(src[i]);
-  return out;
-}
-
-export function bf16ArrayToF32(src: Uint16Array): Float32Array {
-  const widened = new Uint32Array(src.length);
-  for (let i = 0; i < src.length; i++) widened[i] = src[i] << 16;
-  return new Float32Array(widened.buffer);
+  return f32ArrayToBf16(src instanceof Float32Array ? src : Float32Array.from(src));
 }
 
 /** Rounds every value through the given float dtype (what storing then loading it would give). */
