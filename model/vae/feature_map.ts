@@ -130,12 +130,21 @@ export class FeatureOps {
     const H = 2 * x.H;
     const W = 2 * x.W;
     const chunks: Chunk[] = [];
-    const plan = this.plan(x.C, H, W);
-    for (const [c0, n] of plan) {
-      const src = x.chunks.find((c) => c.c0 <= c0 && c0 + n <= c.c0 + c.t.shape[1]);
-      if (!src) throw new Error(`internal: no source chunk for channels ${c0}..${c0 + n}`); // plans nest: finer at larger H·W
-      const srcView = src.t.shape[1] === n ? src.t : src.t.reshape([src.t.shape[1], x.H * x.W]).rows(c0 - src.c0, n).reshape([1, n, x.H, x.W]);
-      chunks.push({ c0, t: resize(this.gpu, srcView, H, W, 'nearest') });
+    for (const [c0, n] of this.plan(x.C, H, W)) {
+      // The finer plan need not nest in the coarser one: fill the output chunk from every source chunk
+      // that overlaps it, each resized straight into its channel rows of the output.
+      const out = this.gpu.empty([1, n, H, W], 'f32', 'vae-upsample');
+      const outRows = out.reshape([n, H * W]);
+      for (const src of x.chunks) {
+        const sn = src.t.shape[1];
+        const a = Math.max(c0, src.c0);
+        const b = Math.min(c0 + n, src.c0 + sn);
+        if (a >= b) continue;
+        const view = a === src.c0 && b === src.c0 + sn ? src.t : src.t.reshape([sn, x.H * x.W]).rows(a - src.c0, b - a).reshape([1, b - a, x.H, x.W]);
+        const dst = b - a === n ? out : outRows.rows(a - c0, b - a).reshape([1, b - a, H, W]);
+        resize(this.gpu, view, H, W, 'nearest', { out: dst });
+      }
+      chunks.push({ c0, t: out });
     }
     return { C: x.C, H, W, chunks };
   }

@@ -38,8 +38,9 @@ describe('BSQ-VAE decoder parity (latent → image)', () => {
   it('splits feature maps into channel chunks when they exceed the binding cap, with the same result', async () => {
     const gpu = await testGpu();
     const dir = fixture('infinity-tiny');
-    // 64 KiB chunks: the 256² maps (32–64 ch × 256 KiB per channel… ) need many chunks and multi-chunk convs.
-    const decoder = await loadBsqDecoder(gpu, join(dir, 'vae.safetensors'), { maxChunkBytes: 1 << 20 });
+    // A 1.25 MiB cap: 5-channel chunks at 256², 16-channel ones at 128² — several chunks, multi-chunk convs,
+    // and plans at 2H×2W that do not nest in those at H×W (the up-sampling gathers across chunks).
+    const decoder = await loadBsqDecoder(gpu, join(dir, 'vae.safetensors'), { maxChunkBytes: 1.25 * 2 ** 20 });
     const latent = await golden(dir, 'latent');
     const image = await golden(dir, 'image');
     const out = decoder.decode(gpu.upload(latent.data, latent.shape, 'f32'));

@@ -1,0 +1,123 @@
+// Attention benchmark, Infinity-shaped: head dim 128, cosine self-attention (softmax scale 1) of one
+// scale's queries against the KV cache of all scales so far (f32 and f16 caches), an early scale with few
+// queries, and cross-attention to two prompts of different lengths (varlen, scale 1/√128). Sizes are scaled
+// to the adapter: 2 heads, Lq 256–1024, Lk ≤ 4096, batch 1 on a CPU adapter (lavapipe); 16 heads, CFG
+// batch 2 and the 1024² last scale (4096 queries against 10521 keys) on a GPU.
+// ms = median wall time of `runs` launches after warm-up, each followed by gpu.sync().
+// gflops counts 4·B·H·Lq·Lk·D (q·kᵀ and p·v, multiply-adds as 2); gbps counts one read of q and of the
+// valid k/v rows and one write of the output, the least traffic the operation needs.
+//
+// Measured on lavapipe (2 cores shared with other jobs, so wall times vary 2×): ≈ 1.5–2.5 GFLOP/s for the
+// large self-attention shapes; ≈ 2.2–2.4 GFLOP per CPU-second in isolation.
+
+import type { Gpu } from '../engine/device.js';
+import { f32ToF16Array } from '../engine/dtype.js';
+import type { Tensor } from '../engine/tensor.js';
+import { attention, attentionVarlen } from '../kernels/attention.js';
+import type { BenchRow } from './types.js';
+
+function randomF32(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 32 - 0.5;
+  }
+  return out;
+}
+
+/** Unit vectors per head, times `mul`: cosine-attention inputs (logits bounded by mul). */
+function unitHeads(x: Float32Array, d: number, mul: number): Float32Array {
+  for (let o = 0; o < x.length; o += d) {
+    let ss = 0;
+    for (let i = 0; i < d; i++) ss += x[o + i] ** 2;
+    const f = mul / Math.sqrt(ss);
+    for (let i = 0; i < d; i++) x[o + i] *= f;
+  }
+  return x;
+}
+
+async function timeRuns(gpu: Gpu, launch: () => void, warmup: number, runs: number): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + runs; i++) {
+    const t0 = performance.now();
+    launch();
+    await gpu.sync();
+    if (i >= warmup) times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+function row(kernel: string, shape: string, dtype: string, ms: number, flops: number, bytes: number): BenchRow {
+  return { kernel, shape, dtype, ms, gflops: flops / ms / 1e6, gbps: bytes / ms / 1e6 };
+}
+
+export async function benchAttention(gpu: Gpu, opts: { warmup?: number; runs?: number } = {}): Promise<BenchRow[]> {
+  const warmup = opts.warmup ?? 1;
+  const runs = opts.runs ?? 3;
+  const cpu = gpu.adapter.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(gpu.adapter.description);
+  const d = 128;
+  const h = cpu ? 2 : 16;
+  const b = cpu ? 1 : 2;
+  const c = h * d;
+  const rows: BenchRow[] = [];
+  const owned: Tensor[] = [];
+  const keep = (t: Tensor) => (owned.push(t), t);
+
+  // Self-attention against the cache: [Lq, kvLen] per case; the cache is allocated at the largest length.
+  const selfCases: [number, number][] = cpu
+    ? [
+        [256, 1024],
+        [1024, 4096],
+        [16, 4096],
+      ]
+    : [
+        [1024, 4096],
+        [4096, 10521],
+        [144, 10521],
+      ];
+  const lmax = Math.max(...selfCases.map(([, lk]) => lk));
+  const kf = unitHeads(randomF32(b * lmax * c, 1), d, 1);
+  const vf = randomF32(b * lmax * c, 2);
+  const caches = {
+    f32: [keep(gpu.upload(kf, [b, lmax, c], 'f32')), keep(gpu.upload(vf, [b, lmax, c], 'f32'))],
+    f16: [keep(gpu.upload(f32ToF16Array(kf), [b, lmax, c], 'f16')), keep(gpu.upload(f32ToF16Array(vf), [b, lmax, c], 'f16'))],
+  };
+  for (const dtype of ['f32', 'f16'] as const) {
+    for (const [lq, kvLen] of selfCases) {
+      if (dtype === 'f16' && lq !== selfCases[1][0]) continue; // one f16 row: the largest case
+      const q = gpu.upload(unitHeads(randomF32(b * lq * c, 3), d, 20), [b, lq, c], 'f32');
+      const out = gpu.empty([b, lq, c], 'f32');
+      const [k, v] = caches[dtype];
+      const ms = await timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs);
+      const flops = 4 * b * h * lq * kvLen * d;
+      const bytes = 2 * b * lq * c * 4 + 2 * b * kvLen * c * (dtype === 'f32' ? 4 : 2);
+      rows.push(row('attention', `B${b} H${h} D${d} Lq${lq} Lk${kvLen}`, `f32 q, ${dtype} kv`, ms, flops, bytes));
+      q.dispose();
+      out.dispose();
+    }
+  }
+  for (const t of owned) t.dispose();
+
+  // Cross-attention: every image row attends its own prompt (varlen keys).
+  {
+    const lq = selfCases[1][0];
+    const texts = [77, 33];
+    const nq = texts.length * lq;
+    const nk = texts.reduce((a, x) => a + x, 0);
+    const q = gpu.upload(randomF32(nq * c, 4), [nq, c], 'f32');
+    const k = gpu.upload(randomF32(nk * c, 5), [nk, c], 'f32');
+    const v = gpu.upload(randomF32(nk * c, 6), [nk, c], 'f32');
+    const out = gpu.empty([nq, c], 'f32');
+    const qStarts = [0, lq, 2 * lq];
+    const kStarts = [0, texts[0], nk];
+    const launch = () => attentionVarlen(gpu, q, k, v, { heads: h, scale: 1 / Math.sqrt(d), qStarts, kStarts, out });
+    const ms = await timeRuns(gpu, launch, warmup, runs);
+    const flops = 4 * h * lq * nk * d;
+    const bytes = 2 * nq * c * 4 + 2 * nk * c * 4;
+    rows.push(row('attentionVarlen', `2 seqs H${h} D${d} Lq${lq} Lk${texts.join('/')}`, 'f32', ms, flops, bytes));
+    for (const t of [q, k, v, out]) t.dispose();
+  }
+  return rows;
+}
