@@ -127,14 +127,5 @@ export function expectClose(
   return { maxAbs, maxRel, worst };
 }
 
-/** max|a − b| / max|b|: the fixtures' parity measure. */
-export function relMaxError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let maxErr = 0;
-  let maxRef = 0;
-  for (let i = 0; i < want.length; i++) {
-    const e = Math.abs(got[i] - want[i]);
-    if (!(e <= maxErr)) maxErr = Number.isNaN(e) ? Infinity : e;
-    maxRef = Math.max(maxRef, Math.abs(want[i]));
-  }
-  return maxErr / (maxRef || 1);
-}
+/** The fixtures' parity measure (max|a − b| / max|b|), shared with the parity runners. */
+export { relMaxError } from '../model/parity/measure.js';

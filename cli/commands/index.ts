@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { register as convert } from './convert.js';
 import { register as info } from './info.js';
 import { register as inspect } from './inspect.js';
+import { register as parity } from './parity.js';
 import { register as tokenize } from './tokenize.js';
 
-export const registry: Array<(program: Command) => void> = [info, inspect, convert, tokenize];
+export const registry: Array<(program: Command) => void> = [info, inspect, convert, tokenize, parity];

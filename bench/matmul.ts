@@ -1,0 +1,89 @@
+// matmul / linear benchmark: the square 1024³ f32 GEMM, and Infinity-2B-shaped linears (width 2048, qkv 6144,
+// FFN 8192) with f16 and f32 weights. Real K and N; M (tokens × CFG batch) is scaled to the adapter: 512 rows on
+// a CPU adapter (lavapipe), 4096 on a GPU; plus the 2B qkv at M = 32, the skinny early-scale case.
+// ms = median wall time of `runs` launches after warm-up, each followed by gpu.sync().
+//
+// Measured on lavapipe (2 cores, load from other processes varies): 1024³ f32 ≈ 12–14 GFLOP/s; see the report.
+
+import type { Gpu } from '../engine/device.js';
+import { f32ToF16Array } from '../engine/dtype.js';
+import type { Tensor } from '../engine/tensor.js';
+import { type Activation, gemmFlops, linear, matmul } from '../kernels/matmul.js';
+import type { BenchRow } from './types.js';
+
+function randomF32(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 32 - 0.5;
+  }
+  return out;
+}
+
+async function timeRuns(gpu: Gpu, launch: () => void, warmup: number, runs: number): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + runs; i++) {
+    const t0 = performance.now();
+    launch();
+    await gpu.sync();
+    if (i >= warmup) times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+function row(kernel: string, shape: string, dtype: string, ms: number, flops: number, bytes: number): BenchRow {
+  return { kernel, shape, dtype, ms, gflops: flops / ms / 1e6, gbps: bytes / ms / 1e6 };
+}
+
+interface LinearCase {
+  name: string;
+  M: number;
+  K: number;
+  N: number;
+  act: Activation;
+}
+
+export async function benchMatmul(gpu: Gpu, opts: { warmup?: number; runs?: number } = {}): Promise<BenchRow[]> {
+  const warmup = opts.warmup ?? 1;
+  const runs = opts.runs ?? 3;
+  const cpu = gpu.adapter.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(gpu.adapter.description);
+  const rows: BenchRow[] = [];
+
+  // Square f32 GEMM.
+  {
+    const S = 1024;
+    const a = gpu.upload(randomF32(S * S, 1), [S, S], 'f32');
+    const b = gpu.upload(randomF32(S * S, 2), [S, S], 'f32');
+    const out = gpu.empty([S, S], 'f32');
+    const ms = await timeRuns(gpu, () => matmul(gpu, a, b, { out }), warmup, runs);
+    rows.push(row('matmul', `${S}x${S}x${S}`, 'f32', ms, gemmFlops(S, S, S), 3 * S * S * 4));
+    for (const t of [a, b, out]) t.dispose();
+  }
+
+  // Infinity-2B linears: x [M, K] f32 · W[N, K]ᵀ + bias.
+  const M = cpu ? 512 : 4096;
+  const cases: LinearCase[] = [
+    { name: 'qkv', M, K: 2048, N: 6144, act: 'none' },
+    { name: 'proj', M, K: 2048, N: 2048, act: 'none' },
+    { name: 'fc1+gelu', M, K: 2048, N: 8192, act: 'gelu_tanh' },
+    { name: 'fc2', M, K: 8192, N: 2048, act: 'none' },
+    { name: 'qkv', M: 32, K: 2048, N: 6144, act: 'none' },
+  ];
+  for (const dtype of ['f16', 'f32'] as const) {
+    for (const c of cases) {
+      if (c.M === 32 && dtype === 'f32') continue;
+      const x = gpu.upload(randomF32(c.M * c.K, 3), [c.M, c.K], 'f32');
+      const wf = randomF32(c.N * c.K, 4);
+      const w: Tensor = dtype === 'f32' ? gpu.upload(wf, [c.N, c.K], 'f32') : gpu.upload(f32ToF16Array(wf), [c.N, c.K], 'f16');
+      const bias = gpu.upload(randomF32(c.N, 5), [c.N], 'f32');
+      const out = gpu.empty([c.M, c.N], 'f32');
+      const ms = await timeRuns(gpu, () => linear(gpu, x, w, bias, { out, activation: c.act }), warmup, runs);
+      const bytes = c.M * c.K * 4 + c.N * c.K * (dtype === 'f32' ? 4 : 2) + c.M * c.N * 4;
+      rows.push(row(`linear ${c.name}`, `${c.M}x${c.K}x${c.N}`, dtype, ms, gemmFlops(c.M, c.N, c.K), bytes));
+      for (const t of [x, w, bias, out]) t.dispose();
+    }
+  }
+  return rows;
+}
