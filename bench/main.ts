@@ -1,0 +1,51 @@
+// `npm run bench`: kernel benchmarks on the adapter in use (time, GFLOP/s, GB/s, peak buffer bytes).
+// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv` picks families.
+// Numbers are medians of several runs after warm-up, timed around gpu.sync(); on lavapipe they are CPU
+// numbers — compare ratios measured side by side, and quote absolute times only from a real GPU.
+
+import { Gpu } from '../engine/device.js';
+import { benchAttention } from './attention.js';
+import { benchConv } from './conv.js';
+import { benchMatmul } from './matmul.js';
+import type { BenchRow } from './types.js';
+
+const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
+  matmul: (gpu) => benchMatmul(gpu),
+  attention: (gpu) => benchAttention(gpu),
+  conv: (gpu) => benchConv(gpu),
+};
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+async function main(): Promise<void> {
+  const json = process.argv.includes('--json');
+  const only = arg('--only')?.split(',') ?? Object.keys(FAMILIES);
+  for (const f of only) if (!FAMILIES[f]) throw new Error(`bench: unknown family "${f}" (allowed: ${Object.keys(FAMILIES).join(', ')})`);
+  const gpu = await Gpu.create();
+  try {
+    const rows: BenchRow[] = [];
+    if (!json) process.stderr.write(`adapter: ${gpu.adapter.description || gpu.adapter.device} (${gpu.adapter.backend})\n`);
+    for (const f of only) {
+      const got = await FAMILIES[f](gpu);
+      rows.push(...got);
+      if (!json) for (const r of got) process.stdout.write(formatRow(r) + '\n');
+    }
+    const peak = gpu.stats().peakBytes;
+    if (json) process.stdout.write(JSON.stringify(rows) + '\n');
+    else process.stdout.write(`peak GPU buffer bytes: ${peak} (${(peak / 2 ** 20).toFixed(1)} MiB)\n`);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+function formatRow(r: BenchRow): string {
+  return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${r.dtype.padEnd(10)} ${r.ms.toFixed(2).padStart(10)} ms ${r.gflops.toFixed(2).padStart(9)} GFLOP/s ${r.gbps.toFixed(2).padStart(8)} GB/s`;
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});
