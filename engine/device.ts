@@ -239,6 +239,19 @@ export class Gpu {
     this.encoderNow().copyBufferToBuffer(src.buffer, src.byteOffset, dst.buffer, dst.byteOffset, src.byteLength);
   }
 
+  /** Frees a buffer for good. Recorded work that may still use it is submitted first: destroying a
+   *  buffer that an unsubmitted command references makes that submit fail. */
+  destroyBuffer(buffer: GPUBuffer): void {
+    if (this.dispatchesPending) this.flush();
+    this.pool.destroy(buffer);
+  }
+
+  /** Destroys the pool's cached free buffers (after submitting work that may reference them). */
+  trimPool(): void {
+    if (this.dispatchesPending) this.flush();
+    this.pool.trim();
+  }
+
   // ---- kernels -------------------------------------------------------------------------------
 
   kernel(spec: KernelSpec): Kernel {
@@ -326,7 +339,7 @@ export class Gpu {
     this.encoder = null;
     this.pass = null;
     this.profiler?.destroy();
-    this.pool.trim();
+    this.pool.trim(); // nothing is pending here: destroy() drops the open encoder unsubmitted
     this.device.destroy();
     this.instance = null;
   }

@@ -122,7 +122,7 @@ export class Tensor {
     if (this.disposed) return;
     this.disposed = true;
     if (this.ownership === 'pool') this.gpu.pool.release(this.buffer);
-    else if (this.ownership === 'exact') this.gpu.pool.destroy(this.buffer);
+    else if (this.ownership === 'exact') this.gpu.destroyBuffer(this.buffer);
   }
 
   assertAlive(): void {

@@ -4,6 +4,7 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Gpu } from '../../engine/device.js';
+import { runInfinityParity } from '../infinity/parity.js';
 import { runStarParity } from '../star/parity.js';
 import { runClipParity, runT5Parity } from '../text/text_parity.js';
 import type { ParityEntry } from './measure.js';
@@ -62,6 +63,8 @@ const runners = new Map<FixtureKind, ParityRunner>([
   ['clip', (gpu, dir) => runClipParity(gpu, dir)],
   ['t5', (gpu, dir) => runT5Parity(gpu, dir)],
   ['star', (gpu, dir, onEntry) => runStarParity(gpu, dir, { onEntry })],
+  ['infinity', (gpu, dir) => runInfinityParity(gpu, dir)],
+  ['infinity-8b', (gpu, dir) => runInfinityParity(gpu, dir)],
 ]);
 
 /** Registers the runner of a fixture kind (model families add theirs). */

@@ -91,9 +91,16 @@ export class BsqDecoder {
     private readonly up: DecoderLevel[],
     private readonly normOut: NormWeights,
     private readonly convOut: ConvWeights,
-    maxChunkBytes?: number,
+    maxChunkBytes: number | undefined,
+    private readonly owned: readonly Tensor[],
   ) {
     this.ops = new FeatureOps(gpu, maxChunkBytes);
+  }
+
+  /** Frees the decoder's weights (the tensors it was built from) and its cached weight slices. */
+  dispose(): void {
+    this.ops.dispose();
+    for (const t of this.owned) t.dispose();
   }
 
   /** Builds the decoder from GPU tensors named as in the checkpoint (`decoder.…`). `source` names the file in errors. */
@@ -158,7 +165,7 @@ export class BsqDecoder {
     const convOut = conv(weights, source, `${p}.conv_out`);
     expectShape(source, `${p}.conv_out.weight`, convOut.weight, [3, ch, 3, 3]);
     const config = { codeChannels, stride: 2 ** upsamplings, levels, channels };
-    return new BsqDecoder(gpu, config, convIn, mid, up, normOut, convOut, opts.maxChunkBytes);
+    return new BsqDecoder(gpu, config, convIn, mid, up, normOut, convOut, opts.maxChunkBytes, [...weights.values()]);
   }
 
   /** latent [B, codeChannels, h, w] → image [B, 3, stride·h, stride·w] in [−1, 1]; images decode one at a time. */

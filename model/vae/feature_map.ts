@@ -41,7 +41,7 @@ interface NormW {
 export class FeatureOps {
   /** Largest chunk in bytes; defaults to the device's binding limit (tests lower it to force splitting). */
   readonly maxChunkBytes: number;
-  private readonly weightSlices = new WeakMap<Tensor, Map<string, Tensor>>();
+  private readonly weightSlices = new Map<Tensor, Map<string, Tensor>>();
 
   constructor(
     readonly gpu: Gpu,
@@ -161,6 +161,12 @@ export class FeatureOps {
     const out = unary(this.gpu, 'clamp', x.chunks[0].t, { alpha: 1 });
     this.free(x);
     return out;
+  }
+
+  /** Frees the cached weight slices. */
+  dispose(): void {
+    for (const slices of this.weightSlices.values()) for (const t of slices.values()) t.dispose();
+    this.weightSlices.clear();
   }
 
   free(x: FeatureMap): void {
