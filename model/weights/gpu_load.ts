@@ -5,6 +5,7 @@
 import type { Gpu } from '../../engine/device.js';
 import type { DType } from '../../engine/dtype.js';
 import type { Tensor } from '../../engine/tensor.js';
+import { cast } from '../../kernels/elementwise.js';
 import { convertFloatBytes, dtypeItemSize, isConvertibleFloat, type Dtype, type FloatDtype } from './dtype_convert.js';
 import { WeightsError, formatShape } from './errors.js';
 import type { ChunkOptions, SafetensorsFile, TensorChunk, TensorInfo } from './safetensors.js';
@@ -66,16 +67,35 @@ export async function loadTensorToGpu(gpu: Gpu, source: TensorSource, name: stri
     target = want;
   }
   const tensor = gpu.persistent(info.shape, target, options.label ?? name);
-  const convert = target !== TO_GPU[info.dtype];
-  let written = 0;
-  for await (const { bytes } of source.tensorChunks(name, { chunkBytes: options.chunkBytes })) {
-    const out = convert ? convertFloatBytes(info.dtype, TO_FILE[target as 'f32' | 'f16' | 'bf16'], bytes) : bytes;
-    gpu.writeBytes(tensor.buffer, tensor.byteOffset + written, out);
-    written += out.byteLength;
-  }
-  if (written !== tensor.byteLength) {
+  const stored = TO_GPU[info.dtype];
+  // Float conversions run on the GPU: each chunk is uploaded as stored and cast into its slice of the
+  // destination (only F64, which has no GPU form, is narrowed on the host first).
+  const gpuCast = target !== stored && stored !== undefined;
+  const hostCast = target !== stored && stored === undefined;
+  const itemSize = dtypeItemSize(info.dtype);
+  let elements = 0;
+  try {
+    for await (const { bytes } of source.tensorChunks(name, { chunkBytes: options.chunkBytes })) {
+      const n = bytes.byteLength / itemSize;
+      const dst = tensor.reshape([tensor.numel]).rows(elements, n);
+      if (gpuCast) {
+        const staging = gpu.empty([n], stored, 'load-staging');
+        gpu.writeBytes(staging.buffer, 0, bytes);
+        cast(gpu, staging, target, { out: dst });
+        staging.dispose();
+      } else {
+        const out = hostCast ? convertFloatBytes(info.dtype, TO_FILE[target as 'f32' | 'f16' | 'bf16'], bytes) : bytes;
+        gpu.writeBytes(tensor.buffer, dst.byteOffset, out);
+      }
+      elements += n;
+    }
+  } catch (err) {
     tensor.dispose();
-    throw new WeightsError(`read ${written} bytes, expected ${tensor.byteLength}`, { code: 'truncated', tensor: name });
+    throw err;
+  }
+  if (elements !== tensor.numel) {
+    tensor.dispose();
+    throw new WeightsError(`read ${elements} elements, expected ${tensor.numel}`, { code: 'truncated', tensor: name });
   }
   return tensor;
 }
