@@ -1,11 +1,12 @@
 // `npm run bench`: kernel benchmarks on the adapter in use (time, GFLOP/s, GB/s, peak buffer bytes).
-// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv` picks families.
+// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load` picks families.
 // Numbers are medians of several runs after warm-up, timed around gpu.sync(); on lavapipe they are CPU
 // numbers — compare ratios measured side by side, and quote absolute times only from a real GPU.
 
 import { Gpu } from '../engine/device.js';
 import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
+import { benchLoad } from './load.js';
 import { benchMatmul } from './matmul.js';
 import type { BenchRow } from './types.js';
 
@@ -13,6 +14,7 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   matmul: (gpu) => benchMatmul(gpu),
   attention: (gpu) => benchAttention(gpu),
   conv: (gpu) => benchConv(gpu),
+  load: (gpu) => benchLoad(gpu),
 };
 
 function arg(name: string): string | undefined {
