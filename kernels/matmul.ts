@@ -12,9 +12,10 @@
 // - the rows' A values, the same for every lane, are loaded once per group of 8 lanes (each lane loading
 //   different ones) and handed around with subgroupShuffle, which lavapipe compiles to one vector permute;
 // - no workgroup memory and no barriers (its loads are per lane too, and barriers switch coroutines).
-// On lavapipe (2 cores) this is 2–3× faster than the same blocking with plain loads, and 1024³ f32 runs at
-// 10–20 GFLOP/s (depending on load from other processes) where a 16×16 shared-memory tile does 0.6 and a 64×64
-// tile with 8×8 outputs per thread ≈ 2–4 (numbers in bench/matmul.ts).
+// On lavapipe (2 cores) this is 2–3× faster than the same blocking with plain loads: 1024³ f32 runs at
+// ≈ 21–25 GFLOP/s on a quiet machine, where a 16×16 shared-memory tile does 0.6 and a 64×64 tile with 8×8
+// outputs per thread ≈ 2–4 (bench/matmul.ts). On a GPU the kernel is correct but not tuned: a
+// workgroup-memory tiled variant would be the next step there.
 
 import type { Gpu } from '../engine/device.js';
 import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
@@ -49,15 +50,14 @@ export interface MatmulOptions {
 // ---- kernel variants ---------------------------------------------------------------------------
 
 const WG = 64; // invocations per workgroup: 8 SIMD batches on lavapipe, 8 groups of 8 lanes
-// Output columns per invocation (adjacent): 2 weight rows for B [N, K]; a vec4 of a row of B [K, N] (only
-// transposed-A matmuls use that layout, see `matmul`).
+// Output columns per invocation (adjacent): 2 weight rows for B [N, K] (3 or 4 were no faster); a vec4 of a
+// row of B [K, N] (only transposed-A matmuls use that layout, see `matmul`).
 const NK_COLS = 2;
 const KN_COLS = 4;
 const colsOf = (v: { bKN: boolean }) => (v.bKN ? KN_COLS : NK_COLS);
-// k per main-loop step (4 or 8). 8 halves the loop overhead but doubles the unrolled loads, and lavapipe's
-// compile time grows with them (≈2× per variant) for no measurable speed-up.
+// k per main-loop step (4 or 8). 8 halves the loop overhead but doubles the unrolled loads, and with them
+// lavapipe's compile time (≈2× per variant); measured speed: f16 weights +9%, f32 even, A·B −25%.
 const KB = 4;
-const QB = KB / 4; // quads (vec4 loads) per row per step
 
 interface Variant {
   kind: 'linear' | 'matmul';
@@ -78,8 +78,8 @@ interface Variant {
 }
 
 /**
- * Rows per workgroup: 16, the most that keeps lavapipe fast (32 accumulators per lane, more spill); 8 for the
- * first scales' few rows (M ≤ 8), and without subgroups, where every lane loads all of its rows' A values.
+ * Rows per workgroup: 16 (32 accumulators per lane; 24 measured no faster, 4 columns × 16 rows slower: spills);
+ * 8 for the first scales' few rows (M ≤ 8), and without subgroups, where every lane loads all its A values.
  */
 function rowsFor(M: number, sg: boolean): number {
   return M <= 8 || !sg ? 8 : 16;
@@ -89,7 +89,7 @@ const specs = new Map<string, KernelSpec>();
 
 function variantKey(v: Variant): string {
   const flags = [v.aTrans ? 'at' : 'an', v.bKN ? 'kn' : 'nk', v.vec ? 'v' : 's', v.sg ? 'sg' : 'nosg'];
-  return [v.kind, v.aDtype, v.bDtype, v.outDtype, ...flags, v.rows, colsOf(v)].join('_');
+  return [v.kind, v.aDtype, v.bDtype, v.outDtype, ...flags, v.rows].join('_');
 }
 
 function kernelName(v: Variant): string {
@@ -143,6 +143,7 @@ function gemmSpec(v: Variant): KernelSpec {
   const R = v.rows;
   const RB = R / 8;
   const COLS = colsOf(v);
+  const QB = KB / 4; // quads (vec4 loads) per row per step
   // Element widths of the array views: A in quads along k (or along m when transposed), B in quads along k
   // ([N, K]) or along n ([K, N]).
   const aWidth = v.vec ? 4 : 1;
@@ -472,7 +473,7 @@ export function matmul(gpu: Gpu, a: Tensor, b: Tensor, opts: MatmulOptions = {})
   const out2 = fold ? out.reshape([batch * M, N]) : out;
   const rowsM = fold ? batch * M : M;
   const fits = (t: Tensor) => bindRange(gpu, t).size <= cap;
-  if (!transA && !transB && fits(a) && fits(b) && fits(out)) {
+  if (!transA && !transB && fits(a) && fits(b) && fits(out) && N <= MAX_ROWS && batch <= MAX_GRID) {
     // A·B with B [K, N]: the kernel is fastest with B [N, K] (weight layout), so compute Cᵀ = Bᵀ·Aᵀ instead:
     // B becomes the transposed left operand, A the right one in [N, K] layout, and C is stored transposed.
     const variant = { kind: 'matmul' as const, ...f32, aTrans: true, bKN: false };
