@@ -6,6 +6,7 @@
 import { Gpu } from '../engine/device.js';
 import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
+import { benchE2E } from './e2e.js';
 import { benchLoad } from './load.js';
 import { benchMatmul } from './matmul.js';
 import type { BenchRow } from './types.js';
@@ -15,6 +16,7 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   attention: (gpu) => benchAttention(gpu),
   conv: (gpu) => benchConv(gpu),
   load: (gpu) => benchLoad(gpu),
+  e2e: (gpu) => benchE2E(gpu),
 };
 
 function arg(name: string): string | undefined {

@@ -167,7 +167,8 @@ const fact = (n: number): number => (n <= 1 ? 1 : n * fact(n - 1));
 const SIN = [1, 3, 5, 7, 9, 11].map((p, k) => lit((-1) ** k * (Math.PI / 2) ** p / fact(p)));
 const COS = [0, 2, 4, 6, 8, 10].map((p, k) => lit((-1) ** k * (Math.PI / 2) ** p / fact(p)));
 
-const PHILOX_WGSL = /* wgsl */ `
+/** WGSL `philox(counter, key)` (and its `mulhilo`), shared with kernels that draw inline (sample.ts). */
+export const PHILOX_WGSL = /* wgsl */ `
 // (hi, lo) of the 64-bit product a·b from 16-bit halves (WGSL has no 32×32→64 multiply).
 fn mulhilo(a: u32, b: u32) -> vec2<u32> {
   let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = b & 0xffffu; let b1 = b >> 16u;

@@ -1,0 +1,410 @@
+// The library API: an Engine owns a GPU and one loaded pipeline (Infinity transformer + BSQ-VAE decoder +
+// optional text encoder) and turns prompts into RGB images.
+//
+//   const engine = await Engine.create();
+//   await engine.loadInfinity({ model, vae, textEncoder });        // or engine.loadDemo()
+//   const { images, stats } = await engine.generate({ prompt: 'a cat', seed: 1, size: 1024, ratio: '16:9' });
+//   engine.dispose();
+//
+// Progress: `onProgress` in the options, or `engine.addEventListener('progress', (e) => e.info)`; warnings
+// (a prompt cut at 512 tokens, an ignored option) the same way as 'warning' events. `signal` aborts
+// between scales and between block chunks.
+
+import { Gpu, type GpuOptions } from '../engine/device.js';
+import type { Tensor } from '../engine/tensor.js';
+import { expectArchitecture, type InfinityArch, type InfinityVaeArch } from '../model/arch.js';
+import { InfinityModel } from '../model/infinity/model.js';
+import { loadBsqDecoder } from '../model/vae/load.js';
+import type { BsqDecoder } from '../model/vae/bsq_decoder.js';
+import { Checkpoint } from '../model/weights/checkpoint.js';
+import type { GpuFloat } from '../model/weights/gpu_load.js';
+import { DemoPromptEncoder, demoDecoder, loadDemoInfinity } from './demo_model.js';
+import { runNextScaleLoop, type ScaleStats } from './loop.js';
+import { checkTopK, checkTopP, needsGuidance, validatePlans, vanillaPlan, type PerScale, type ScalePlan } from './plan.js';
+import { rgbFromPlanar, type RgbImage } from './png.js';
+import { checkFeatures, checkLevels, resolveBatch, resolveShape, templateNote } from './options.js';
+import type { Grid, ResolutionName } from './schedule.js';
+import { T5PromptEncoder, mustExist, selectPrompts, type PromptEncoder, type TextFeatures } from './text.js';
+
+export interface EngineOptions extends GpuOptions {
+  /** Use this GPU instead of creating one (the engine then never destroys it). */
+  gpu?: Gpu;
+}
+
+export interface LoadInfinityOptions {
+  /** Transformer checkpoint: .safetensors, sharded index, folder or .pth. */
+  model: string;
+  /** BSQ-VAE checkpoint holding `decoder.*`. */
+  vae: string;
+  /** Hugging Face T5 folder (config.json + weights); optional when every generation passes text features. */
+  textEncoder?: string;
+  /** Folder of the T5 tokenizer.json (default: the text encoder's folder). */
+  tokenizer?: string;
+  /** GPU dtype of the transformer's linear weights (default: as stored). */
+  linearDtype?: GpuFloat;
+}
+
+export interface ModelInfo {
+  name: string;
+  depth: number;
+  width: number;
+  heads: number;
+  chunks: number;
+  ffnHidden: number;
+  bitsPerToken: number;
+  /** Text feature width the model expects (T5-XL: 2048) and the most text tokens per prompt. */
+  textWidth: number;
+  textMaxLen: number;
+  /** Scales the model has level embeddings for. */
+  levels: number;
+  vaeChannels: number;
+  vaeStride: number;
+  textEncoder: string | null;
+}
+
+export interface GenerateOptions {
+  /** One prompt, or one per image (needs a loaded text encoder). */
+  prompt?: string | readonly string[];
+  /** Precomputed text features instead of prompts (one entry of `lens` per prompt). */
+  textFeatures?: TextFeatures;
+  negativePrompt?: string;
+  /** Negative features: one entry (for every image) or one per prompt. */
+  negativeFeatures?: TextFeatures;
+  /** One seed (image i uses seed + i) or one per image. Default: random (reported in the result). */
+  seed?: number | readonly number[];
+  /** Images; default: the number of prompts or seeds. */
+  batch?: number;
+  /** Guidance (1 = none) and temperature: one value or one per scale. Defaults 3 and 0.5 (Infinity-2B's demo). */
+  cfg?: PerScale;
+  tau?: PerScale;
+  /** Default 0.97, 0 (off). */
+  topP?: number;
+  topK?: number;
+  /** 256, 512, 768 or 1024 (default 1024). */
+  size?: number;
+  /** Height:width as "H:W", or h/w as a number (default 1); the nearest of the 15 templates is used. */
+  ratio?: number | string;
+  /** Changes the per-scale plan (e.g. StageVAR's policy); gets the vanilla plan. */
+  plan?: (plans: ScalePlan[]) => ScalePlan[];
+  signal?: AbortSignal;
+  onProgress?: (info: ProgressInfo) => void;
+  /** Called with the images decoded from the latent after every scale that runs (the paper's Fig. 1). */
+  onScaleImages?: (scale: number, images: RgbImage[]) => void | Promise<void>;
+  /** Return every scale's bits. */
+  keepBits?: boolean;
+}
+
+export type ProgressInfo =
+  | { phase: 'text'; ms: number; prompts: number }
+  | { phase: 'scale'; scales: number; stats: ScaleStats }
+  | { phase: 'decode'; ms: number; images: number };
+
+export interface GenerationStats {
+  /** Text encoding (T5 or the features' preparation) and the per-generation text constants. */
+  textMs: number;
+  conditioningMs: number;
+  scales: ScaleStats[];
+  /** The whole next-scale loop (conditioning and every scale), trace decodes excluded. */
+  transformerMs: number;
+  decodeMs: number;
+  totalMs: number;
+  /** Peak bytes of GPU buffers during the generation (weights included). */
+  peakBytes: number;
+}
+
+export interface GenerateResult {
+  images: RgbImage[];
+  seeds: number[];
+  /** Text tokens of each image's prompt. */
+  textLens: number[];
+  template: number;
+  resolution: ResolutionName;
+  schedule: Grid[];
+  plans: ScalePlan[];
+  stats: GenerationStats;
+  bits?: Int32Array[];
+}
+
+export class GenerationProgressEvent extends Event {
+  constructor(readonly info: ProgressInfo) {
+    super('progress');
+  }
+}
+
+export class WarningEvent extends Event {
+  constructor(readonly message: string) {
+    super('warning');
+  }
+}
+
+interface Pipeline {
+  model: InfinityModel;
+  decoder: BsqDecoder;
+  text: PromptEncoder | null;
+  info: ModelInfo;
+  /** GPU tensors the pipeline owns beyond the model's (the demo decoder's weights). */
+  owned: Tensor[];
+}
+
+const now = () => performance.now();
+
+export class Engine extends EventTarget {
+  private pipeline: Pipeline | null = null;
+  private disposed = false;
+  private running = false;
+
+  private constructor(
+    readonly gpu: Gpu,
+    private readonly ownsGpu: boolean,
+  ) {
+    super();
+  }
+
+  static async create(options: EngineOptions = {}): Promise<Engine> {
+    const { gpu, ...gpuOptions } = options;
+    return gpu ? new Engine(gpu, false) : new Engine(await Gpu.create(gpuOptions), true);
+  }
+
+  /** What is loaded, or null. */
+  get model(): ModelInfo | null {
+    return this.pipeline?.info ?? null;
+  }
+
+  /**
+   * Recognises the files by their tensors (headers only, no GPU): a VAE given as the model, or the other
+   * way round, or a transformer and a VAE that do not belong together, are named as such.
+   */
+  static async inspectFiles(o: Pick<LoadInfinityOptions, 'model' | 'vae'>): Promise<{ model: InfinityArch; vae: InfinityVaeArch }> {
+    await mustExist(o.model, 'model file');
+    await mustExist(o.vae, 'VAE file');
+    const vae = await withOpen(o.vae, (ckpt) => expectArchitecture(ckpt.tensors(), 'infinity-vae', { file: o.vae }));
+    const model = await withOpen(o.model, (ckpt) => expectArchitecture(ckpt.tensors(), 'infinity', { file: o.model, vaeCodebookDim: vae.codebook_dim }));
+    if (model.prefix) throw new Error(`${o.model}: the transformer sits under "${model.prefix}"; extract it first (stagevar convert --key ${model.prefix.replace(/\.$/, '')})`);
+    if (vae.prefix) throw new Error(`${o.vae}: the VAE sits under "${vae.prefix}"; extract it first (stagevar convert --key ${vae.prefix.replace(/\.$/, '')})`);
+    if (model.bits !== vae.codebook_dim && model.bits !== 4 * vae.codebook_dim) {
+      throw new Error(`${o.model} predicts ${model.bits} bits per token but ${o.vae} decodes ${vae.codebook_dim} code channels: they are not a pair`);
+    }
+    return { model, vae };
+  }
+
+  /** Loads Infinity (checked by `inspectFiles` first), its decoder and optionally the T5 text encoder. */
+  async loadInfinity(o: LoadInfinityOptions): Promise<ModelInfo> {
+    this.assertAlive();
+    const { vae } = await Engine.inspectFiles(o);
+    let model: InfinityModel | null = null;
+    let text: PromptEncoder | null = null;
+    try {
+      const ckpt = await Checkpoint.open(o.model);
+      try {
+        model = await InfinityModel.load(this.gpu, ckpt, { vaeChannels: vae.codebook_dim, ...(o.linearDtype ? { linearDtype: o.linearDtype } : {}) });
+      } finally {
+        await ckpt.close();
+      }
+      const decoder = await loadBsqDecoder(this.gpu, o.vae);
+      if (o.textEncoder) {
+        text = await T5PromptEncoder.load(this.gpu, o.textEncoder, { ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}), onWarning: (m) => this.warn(m) });
+        if (text.width !== model.config.textWidth) {
+          throw new Error(`${o.textEncoder}: the text encoder gives ${text.width}-wide features but the model expects ${model.config.textWidth} (Infinity uses Flan-T5-XL, 2048)`);
+        }
+      }
+      this.replace({ model, decoder, text, info: infoOf('infinity', model, decoder, text), owned: [] });
+      return this.pipeline!.info;
+    } catch (err) {
+      text?.dispose();
+      model?.dispose();
+      throw err;
+    }
+  }
+
+  /** Loads the built-in random-weight demo model (no files). */
+  async loadDemo(seed?: number): Promise<ModelInfo> {
+    this.assertAlive();
+    const model = await loadDemoInfinity(this.gpu, seed);
+    const { decoder, weights } = demoDecoder(this.gpu, seed);
+    const text = new DemoPromptEncoder(seed);
+    this.replace({ model, decoder, text, info: infoOf('demo', model, decoder, text), owned: weights });
+    return this.pipeline!.info;
+  }
+
+  /** One generation at a time per engine: they share the GPU's command stream and the loaded model. */
+  async generate(o: GenerateOptions): Promise<GenerateResult> {
+    this.assertAlive();
+    if (this.running) throw new Error('a generation is already running on this engine: await it first');
+    this.running = true;
+    try {
+      return await this.run(o);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async run(o: GenerateOptions): Promise<GenerateResult> {
+    const p = this.pipeline;
+    if (!p) throw new Error('no model loaded: call loadInfinity() (or loadDemo()) first');
+    const gpu = this.gpu;
+    const { config } = p.model;
+    const progress = (info: ProgressInfo) => {
+      o.onProgress?.(info);
+      this.dispatchEvent(new GenerationProgressEvent(info));
+    };
+
+    // Everything that can be checked without the GPU, first.
+    const shape = resolveShape(o.size ?? 1024, o.ratio ?? 1);
+    const note = templateNote(shape);
+    if (note) this.warn(note);
+    checkLevels(o.size ?? 1024, shape.schedule.length, config.levels);
+    const topP = o.topP ?? 0.97;
+    const topK = o.topK ?? 0;
+    checkTopP(topP);
+    checkTopK(topK);
+    let plans = vanillaPlan(shape.schedule, { cfg: o.cfg ?? 3, tau: o.tau ?? 0.5 });
+    if (o.plan) {
+      plans = o.plan(plans.map((x) => ({ ...x })));
+      validatePlans(plans, shape.schedule);
+    }
+    const guidance = needsGuidance(plans);
+    const prompts = o.prompt === undefined ? null : typeof o.prompt === 'string' ? [o.prompt] : [...o.prompt];
+    if (prompts && o.textFeatures) throw new Error('give prompts or text features, not both');
+    if (!prompts && !o.textFeatures) throw new Error('nothing to generate from: give a prompt (with a text encoder loaded) or text features');
+    if (prompts && !p.text) throw new Error('prompts need a text encoder: load one (textEncoder) or pass textFeatures');
+    if (prompts?.length === 0) throw new Error('the prompt list is empty');
+    if (o.negativePrompt !== undefined && o.negativeFeatures) throw new Error('give a negative prompt or negative features, not both');
+    if (o.negativePrompt !== undefined && !p.text) throw new Error('a negative prompt needs a text encoder: load one or pass negativeFeatures');
+    const promptCount = prompts?.length ?? o.textFeatures!.lens.length;
+    const { batch, seeds } = resolveBatch(promptCount, o.batch, o.seed);
+    const hasNegative = o.negativePrompt !== undefined || o.negativeFeatures !== undefined;
+    if (hasNegative && !guidance) this.warn('the negative prompt is ignored: guidance is off (cfg 1 on every scale)');
+
+    gpu.pool.resetPeak();
+    const start = now();
+    // Text: encode each distinct prompt once, then one packed entry per image.
+    const promptFeatures = prompts ? await p.text!.encode(prompts) : o.textFeatures!;
+    const negative = !guidance || !hasNegative ? null : o.negativeFeatures ?? (await p.text!.encode([o.negativePrompt!]));
+    checkFeatures('text features', promptFeatures, config.textWidth, config.textMaxLen);
+    if (negative) {
+      checkFeatures('negative features', negative, config.textWidth, config.textMaxLen);
+      if (negative.lens.length !== 1 && negative.lens.length !== promptCount) {
+        throw new Error(`${negative.lens.length} negative prompts for ${promptCount} prompts (give one, or one per prompt)`);
+      }
+    }
+    const promptOfImage = Array.from({ length: batch }, (_, i) => (promptCount === 1 ? 0 : i));
+    const perImage = selectPrompts(promptFeatures, promptOfImage);
+    const negImage = negative ? selectPrompts(negative, promptOfImage.map((q) => (negative.lens.length === 1 ? 0 : q))) : null;
+    const textMs = now() - start;
+    progress({ phase: 'text', ms: textMs, prompts: promptCount });
+
+    const loopStart = now();
+    const loop = await runNextScaleLoop(gpu, {
+      model: p.model,
+      text: { features: perImage.features, lens: perImage.lens, ...(negImage ? { negative: { features: negImage.features, lens: negImage.lens } } : {}) },
+      schedule: shape.schedule,
+      template: shape.template,
+      plans,
+      seeds,
+      topK,
+      topP,
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.keepBits ? { keepBits: true } : {}),
+      onScale: (stats) => progress({ phase: 'scale', scales: plans.length, stats }),
+      ...(o.onScaleImages ? { onLatent: async (scale: number, latent: Tensor) => o.onScaleImages!(scale, await this.decode(p.decoder, latent)) } : {}),
+    });
+    try {
+      const transformerMs = now() - loopStart - loop.traceMs;
+      o.signal?.throwIfAborted();
+      const d0 = now();
+      const images = await this.decode(p.decoder, loop.latent.latent);
+      const decodeMs = now() - d0;
+      progress({ phase: 'decode', ms: decodeMs, images: images.length });
+      const stats: GenerationStats = {
+        textMs,
+        conditioningMs: loop.conditioningMs,
+        scales: loop.stats,
+        transformerMs,
+        decodeMs,
+        totalMs: now() - start,
+        peakBytes: gpu.stats().peakBytes,
+      };
+      const result: GenerateResult = { images, seeds, textLens: perImage.lens, template: shape.template, resolution: shape.resolution, schedule: shape.schedule, plans, stats };
+      if (loop.bits) result.bits = loop.bits;
+      return result;
+    } finally {
+      loop.latent.dispose();
+    }
+  }
+
+  /** Decodes a latent [B, d, h, w] to RGB images. */
+  private async decode(decoder: BsqDecoder, latent: Tensor): Promise<RgbImage[]> {
+    const image = decoder.decode(latent);
+    try {
+      const data = await image.readF32();
+      return Array.from({ length: image.shape[0] }, (_, b) => rgbFromPlanar(data, image.shape, b));
+    } finally {
+      image.dispose();
+    }
+  }
+
+  private warn(message: string): void {
+    this.dispatchEvent(new WarningEvent(message));
+  }
+
+  private replace(next: Pipeline): void {
+    if (this.running) throw new Error('cannot load a model while a generation is running');
+    this.release();
+    this.pipeline = next;
+  }
+
+  /** Frees the loaded pipeline (the engine stays usable). */
+  unload(): void {
+    if (this.running) throw new Error('cannot unload the model while a generation is running');
+    this.release();
+  }
+
+  private release(): void {
+    const p = this.pipeline;
+    this.pipeline = null;
+    if (!p) return;
+    p.text?.dispose();
+    p.model.dispose();
+    for (const t of p.owned) t.dispose();
+  }
+
+  /** Frees everything; the GPU too when the engine created it. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.release();
+    this.disposed = true;
+    if (this.ownsGpu) this.gpu.destroy();
+  }
+
+  private assertAlive(): void {
+    if (this.disposed) throw new Error('the engine was disposed');
+  }
+}
+
+async function withOpen<T>(path: string, use: (ckpt: Checkpoint) => T): Promise<T> {
+  const ckpt = await Checkpoint.open(path);
+  try {
+    return use(ckpt);
+  } finally {
+    await ckpt.close();
+  }
+}
+
+function infoOf(name: string, model: InfinityModel, decoder: BsqDecoder, text: PromptEncoder | null): ModelInfo {
+  const c = model.config;
+  return {
+    name,
+    depth: c.depth,
+    width: c.width,
+    heads: c.heads,
+    chunks: c.chunks,
+    ffnHidden: c.ffnHidden,
+    bitsPerToken: c.bitsPerToken,
+    textWidth: c.textWidth,
+    textMaxLen: c.textMaxLen,
+    levels: c.levels,
+    vaeChannels: decoder.config.codeChannels,
+    vaeStride: decoder.config.stride,
+    textEncoder: text?.name ?? null,
+  };
+}
