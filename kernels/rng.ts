@@ -167,7 +167,7 @@ const fact = (n: number): number => (n <= 1 ? 1 : n * fact(n - 1));
 const SIN = [1, 3, 5, 7, 9, 11].map((p, k) => lit((-1) ** k * (Math.PI / 2) ** p / fact(p)));
 const COS = [0, 2, 4, 6, 8, 10].map((p, k) => lit((-1) ** k * (Math.PI / 2) ** p / fact(p)));
 
-/** WGSL `philox(counter, key)` (and its `mulhilo`), shared with kernels that draw inline (sample.ts). */
+/** WGSL `philox(counter, key)`, its `mulhilo` and `uniform01(word)`, shared with kernels that draw inline (sample.ts). */
 export const PHILOX_WGSL = /* wgsl */ `
 // (hi, lo) of the 64-bit product a·b from 16-bit halves (WGSL has no 32×32→64 multiply).
 fn mulhilo(a: u32, b: u32) -> vec2<u32> {
@@ -187,7 +187,9 @@ fn philox(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
     k = k + vec2<u32>(${W0}u, ${W1}u);
   }
   return c;
-}`;
+}// A Philox word → uniform in [0, 1): the top 24 bits times 2^-24, exact in f32 and never 1.0.
+fn uniform01(bits: u32) -> f32 { return f32(bits >> 8u) * 5.9604644775390625e-8; }
+`;
 
 // ln(m·2⁻²⁴) for an integer m in [1, 2²⁴], accurate to a few ulp *relative*: m = 2^e·x with x ∈ [√½, √2)
 // built exactly from m's bits, ln x = 2·atanh(s) with s = (x−1)/(x+1) (x−1 is exact), and e·ln 2 from a
