@@ -92,7 +92,7 @@ export class FeatureOps {
       let acc: Tensor | null = null;
       for (const inChunk of x.chunks) {
         const ws = this.weightSlice(w.weight, o0, on, inChunk.c0, inChunk.t.shape[1]);
-        const bias = acc === null && w.bias ? (on === Cout ? w.bias : w.bias.rows(o0, on)) : null;
+        const bias = acc === null && w.bias ? (on === Cout ? w.bias : this.slice(w.bias, o0, on)) : null;
         const y = conv2d(this.gpu, inChunk.t, ws, bias, { padding });
         if (acc === null) acc = y;
         else {
@@ -176,16 +176,25 @@ export class FeatureOps {
   /** w[o0:o0+on, c0:c0+cn] of a [Cout, Cin, k, k] weight: a view when it is the whole Cin, else a cached copy. */
   private weightSlice(w: Tensor, o0: number, on: number, c0: number, cn: number): Tensor {
     const [Cout, Cin, k] = w.shape;
-    if (cn === Cin) return on === Cout ? w : w.rows(o0, on);
-    let cache = this.weightSlices.get(w);
-    if (!cache) this.weightSlices.set(w, (cache = new Map()));
-    const key = `${o0}:${on}:${c0}:${cn}`;
+    if (cn === Cin) return on === Cout ? w : this.slice(w, o0, on);
+    return this.cached(w, `${o0}:${on}:${c0}:${cn}`, () =>
+      copyColumns(this.gpu, w.reshape([Cout, Cin * k * k]).rows(o0, on), c0 * k * k, cn * k * k).reshape([on, cn, k, k]),
+    );
+  }
+
+  /** Rows [r0, r0+n) of a weight or bias: a view when its offset can be bound, else a cached aligned copy. */
+  private slice(t: Tensor, r0: number, n: number): Tensor {
+    const view = t.rows(r0, n);
+    if (view.byteOffset % this.gpu.limits.minStorageBufferOffsetAlignment === 0) return view;
+    const cols = t.numel / t.shape[0];
+    return this.cached(t, `rows:${r0}:${n}`, () => copyColumns(this.gpu, t.reshape([1, t.numel]), r0 * cols, n * cols).reshape(view.shape));
+  }
+
+  private cached(t: Tensor, key: string, make: () => Tensor): Tensor {
+    let cache = this.weightSlices.get(t);
+    if (!cache) this.weightSlices.set(t, (cache = new Map()));
     let slice = cache.get(key);
-    if (!slice) {
-      const cols = copyColumns(this.gpu, w.reshape([Cout, Cin * k * k]).rows(o0, on), c0 * k * k, cn * k * k);
-      slice = cols.reshape([on, cn, k, k]);
-      cache.set(key, slice);
-    }
+    if (!slice) cache.set(key, (slice = make()));
     return slice;
   }
 }
