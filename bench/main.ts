@@ -1,9 +1,11 @@
 // `npm run bench`: kernel benchmarks on the adapter in use (time, GFLOP/s, GB/s, peak buffer bytes).
-// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load` picks families.
+// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load,e2e` picks families;
+// `--profile` adds a per-kernel GPU time table from timestamp queries.
 // Numbers are medians of several runs after warm-up, timed around gpu.sync(); on lavapipe they are CPU
 // numbers — compare ratios measured side by side, and quote absolute times only from a real GPU.
 
 import { Gpu } from '../engine/device.js';
+import { Profiler } from '../engine/profiler.js';
 import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
 import { benchE2E } from './e2e.js';
@@ -28,7 +30,8 @@ async function main(): Promise<void> {
   const json = process.argv.includes('--json');
   const only = arg('--only')?.split(',') ?? Object.keys(FAMILIES);
   for (const f of only) if (!FAMILIES[f]) throw new Error(`bench: unknown family "${f}" (allowed: ${Object.keys(FAMILIES).join(', ')})`);
-  const gpu = await Gpu.create();
+  const profile = process.argv.includes('--profile');
+  const gpu = await Gpu.create({ profile });
   try {
     const rows: BenchRow[] = [];
     if (!json) process.stderr.write(`adapter: ${gpu.adapter.description || gpu.adapter.device} (${gpu.adapter.backend})\n`);
@@ -38,6 +41,10 @@ async function main(): Promise<void> {
       if (!json) for (const r of got) process.stdout.write(formatRow(r) + '\n');
     }
     const peak = gpu.stats().peakBytes;
+    if (profile) {
+      if (!gpu.profiling) process.stderr.write('bench: --profile needs an adapter with timestamp-query\n');
+      else process.stderr.write(`\nGPU time per kernel (timestamp queries; one pass per dispatch):\n${Profiler.table(await gpu.timings())}\n`);
+    }
     if (json) process.stdout.write(JSON.stringify(rows) + '\n');
     else process.stdout.write(`peak GPU buffer bytes: ${peak} (${(peak / 2 ** 20).toFixed(1)} MiB)\n`);
   } finally {
