@@ -1,5 +1,6 @@
 // `npm run bench`: kernel benchmarks on the adapter in use (time, GFLOP/s, GB/s, peak buffer bytes).
-// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load,e2e` picks families;
+// `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load,e2e,policies` picks families;
+// `--e2e [--size N] [--model M --vae V --text-encoder T]` runs vanilla vs stagevar vs fastvar side by side;
 // `--profile` adds a per-kernel GPU time table from timestamp queries.
 // Numbers are medians of several runs after warm-up, timed around gpu.sync(); on lavapipe they are CPU
 // numbers — compare ratios measured side by side, and quote absolute times only from a real GPU.
@@ -10,6 +11,7 @@ import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
 import { benchE2E } from './e2e.js';
 import { benchLoad } from './load.js';
+import { benchPolicies } from './policies.js';
 import { benchMatmul } from './matmul.js';
 import type { BenchRow } from './types.js';
 
@@ -19,6 +21,8 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   conv: (gpu) => benchConv(gpu),
   load: (gpu) => benchLoad(gpu),
   e2e: (gpu) => benchE2E(gpu),
+  // The paper's headline side by side: vanilla, stagevar, fastvar on one model, prompt and seed (--e2e).
+  policies: (gpu) => benchPolicies(gpu, { size: Number(arg('--size') ?? 1024), ...(arg('--model') ? { model: arg('--model'), vae: arg('--vae'), textEncoder: arg('--text-encoder') } : {}) }),
 };
 
 function arg(name: string): string | undefined {
@@ -28,7 +32,8 @@ function arg(name: string): string | undefined {
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');
-  const only = arg('--only')?.split(',') ?? Object.keys(FAMILIES);
+  // --e2e: the policy comparison alone; otherwise every kernel family (policies and e2e run on request).
+  const only = process.argv.includes('--e2e') ? ['policies'] : (arg('--only')?.split(',') ?? ['matmul', 'attention', 'conv', 'load']);
   for (const f of only) if (!FAMILIES[f]) throw new Error(`bench: unknown family "${f}" (allowed: ${Object.keys(FAMILIES).join(', ')})`);
   const profile = process.argv.includes('--profile');
   const gpu = await Gpu.create({ profile });
@@ -53,7 +58,9 @@ async function main(): Promise<void> {
 }
 
 function formatRow(r: BenchRow): string {
-  return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${r.dtype.padEnd(10)} ${r.ms.toFixed(2).padStart(10)} ms ${r.gflops.toFixed(2).padStart(9)} GFLOP/s ${r.gbps.toFixed(2).padStart(8)} GB/s`;
+  const extra = r as BenchRow & { speedup?: number; psnr?: number; policy?: string };
+  const tail = extra.speedup !== undefined ? `  speedup ${extra.speedup.toFixed(2)}×  PSNR vs vanilla ${extra.psnr?.toFixed(1)} dB` : '';
+  return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${r.dtype.padEnd(10)} ${r.ms.toFixed(2).padStart(10)} ms ${r.gflops.toFixed(2).padStart(9)} GFLOP/s ${r.gbps.toFixed(2).padStart(8)} GB/s${tail}`;
 }
 
 main().catch((err) => {

@@ -23,6 +23,7 @@ import type { InfinityModel } from '../model/infinity/model.js';
 import type { TextInput } from '../model/infinity/text.js';
 import { needsGuidance, validatePlans, type ScalePlan } from './plan.js';
 import { ropeGrid, type Grid } from './schedule.js';
+import { TokenRunner } from './stagevar.js';
 
 /** Philox stream word of scale s's bit draws (other draws, e.g. StageVAR's projections, use streams ≥ 2¹⁶). */
 export const bitStream = (scale: number): number => scale;
@@ -87,6 +88,7 @@ export async function runNextScaleLoop(gpu: Gpu, o: LoopOptions): Promise<LoopRe
 
   const t0 = now();
   const gen = model.begin({ text: { ...o.text, guidance: needsGuidance(plans) }, schedule, ropeGrid: ropeGrid(o.template) });
+  const runner = new TokenRunner({ model, plans, seeds: o.seeds, ...(o.signal ? { signal: o.signal } : {}) });
   let latent: BitLatent | null = null;
   try {
     await gpu.sync();
@@ -106,7 +108,7 @@ export async function runNextScaleLoop(gpu: Gpu, o: LoopOptions): Promise<LoopRe
         o.onScale?.(s);
         continue;
       }
-      const drawn = runScale(gpu, o, gen, latent, plan);
+      const drawn = runScale(gpu, o, gen, latent, plan, runner);
       latent.addBits(drawn.bits, plan.grid);
       if (o.keepBits) bits.push((await drawn.bits.read()) as Int32Array);
       drawn.bits.dispose();
@@ -127,19 +129,20 @@ export async function runNextScaleLoop(gpu: Gpu, o: LoopOptions): Promise<LoopRe
     latent?.dispose();
     throw err;
   } finally {
+    runner.dispose();
     gen.dispose();
   }
 }
 
 /** Forward of one scale on the plan's rows and the draw of its bits (recorded, not awaited). */
-function runScale(gpu: Gpu, o: LoopOptions, gen: Generation, latent: BitLatent, plan: ScalePlan): { bits: Tensor; rows: number } {
+function runScale(gpu: Gpu, o: LoopOptions, gen: Generation, latent: BitLatent, plan: ScalePlan, runner: TokenRunner): { bits: Tensor; rows: number } {
   const { model } = o;
   const groups = rowGroups(gen, plan);
   // The next-scale input is built once per image and shared by both branches (upstream duplicates it).
   const input = plan.scale === 0 ? null : latent.nextInput(plan.grid);
   const logits: Tensor[] = [];
   try {
-    for (const rows of groups) logits.push(forwardRows(o, gen, plan, rows, input));
+    for (const rows of groups) logits.push(forwardRows(o, gen, plan, rows, input, runner));
   } catch (err) {
     for (const t of logits) t.dispose();
     throw err;
@@ -188,40 +191,16 @@ function sameHistory(gen: Generation): boolean {
 }
 
 /** Scale input → level embedding → block chunks → head, for one row range. Returns logits [rows·T, 2·bits]. */
-function forwardRows(o: LoopOptions, gen: Generation, plan: ScalePlan, rows: RowRange, input: Tensor | null): Tensor {
+function forwardRows(o: LoopOptions, gen: Generation, plan: ScalePlan, rows: RowRange, input: Tensor | null, runner: TokenRunner): Tensor {
   const { model } = o;
   const step = gen.step(plan.scale, rows);
   const x = input ? model.embedTokens(gen, input, rows) : model.sosInput(gen, rows);
   let cur = model.addLevel(x, plan.scale);
   x.dispose();
   try {
-    cur = runChunks(o, gen, plan, step, cur);
+    cur = runner.runChunks(gen, plan, step, cur);
     return model.head(cur, gen, step);
   } finally {
     cur.dispose();
   }
-}
-
-/**
- * The token policy hook: which tokens go through which layers. 'all' runs every chunk on every token;
- * StageVAR's projected rows (plan.tokens.kind 'random-projection') will be dispatched from here.
- * Consumes x; returns the last chunk's output.
- */
-function runChunks(o: LoopOptions, gen: Generation, plan: ScalePlan, step: ScaleStep, x: Tensor): Tensor {
-  const { model } = o;
-  if (plan.tokens !== 'all') {
-    x.dispose();
-    throw new Error(`scale ${plan.scale}: token policy "${plan.tokens.kind}" is not implemented yet (StageVAR); use tokens: 'all'`);
-  }
-  let cur = x;
-  for (let c = 0; c < model.config.chunks; c++) {
-    if (o.signal?.aborted) {
-      cur.dispose();
-      o.signal.throwIfAborted();
-    }
-    const next = model.runChunk(c, cur, gen, step);
-    cur.dispose();
-    cur = next;
-  }
-  return cur;
 }

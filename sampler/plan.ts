@@ -4,6 +4,7 @@
 // random projection per block chunk, skipped scales; FastVAR; SkipVAR) are other ways, and the loop
 // needs no other change for them than the token-policy hook in loop.ts.
 
+import type { FastVarTokens } from './policy_plan.js';
 import type { Grid } from './schedule.js';
 
 /**
@@ -20,7 +21,7 @@ export type Branches = 'both' | 'cond' | 'uncond';
  * The object form is StageVAR's random projection + representative-token restoration (spec stagevar.md
  * §2.3–2.7), described here so that plans can carry it; the loop rejects it until that issue lands.
  */
-export type TokenPolicy = 'all' | ProjectedTokens;
+export type TokenPolicy = 'all' | ProjectedTokens | FastVarTokens;
 
 export interface ProjectedTokens {
   kind: 'random-projection';
@@ -123,7 +124,7 @@ export function validatePlans(plans: readonly ScalePlan[], schedule: readonly Gr
     checkTau(p.tau, `${where}: tau`);
     if (p.tokens !== 'all') {
       const t = p.tokens;
-      if (t.kind !== 'random-projection' || t.ranks.some((r) => !Number.isInteger(r) || r < 1)) {
+      if (t.kind !== 'fastvar' && (t.kind !== 'random-projection' || t.ranks.some((r) => !Number.isInteger(r) || r < 1))) {
         throw new RangeError(`${where}: bad token policy ${JSON.stringify(t)}`);
       }
     }

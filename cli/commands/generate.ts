@@ -8,6 +8,8 @@ import type { Command } from 'commander';
 import { Engine, WarningEvent, type GenerateOptions, type GenerateResult, type ProgressInfo } from '../../sampler/engine.js';
 import { SIZE_HELP, checkFeatures, checkLevels, parseNumberList, resolveBatch, resolveShape } from '../../sampler/options.js';
 import { checkCfg, checkTau, checkTopK, checkTopP } from '../../sampler/plan.js';
+import { ALPHA_HELP, POLICY_HELP, checkPolicyFlags, type CheckedPolicy } from '../../sampler/policy_cli.js';
+import { policyPlanHook, type PolicyContext } from '../../sampler/policy_plan.js';
 import { encodePng, indexedPath, writeFilesAtomically, type RgbImage } from '../../sampler/png.js';
 import { mustExist, readFeaturesFile, type FeaturesFile } from '../../sampler/text.js';
 
@@ -30,6 +32,8 @@ export interface GenerateFlags {
   out: string;
   trace?: string;
   quiet?: boolean;
+  policy?: string;
+  alpha?: string;
 }
 
 export function register(program: Command): void {
@@ -53,6 +57,8 @@ export function register(program: Command): void {
     .option('--batch <n>', 'images in one pass (default: one per prompt); files out-0.png, out-1.png, …')
     .requiredOption('--out <file.png>', 'output PNG')
     .option('--trace <dir>', 'also write the image decoded after every scale and timings.json there')
+    .option('--policy <p>', POLICY_HELP, 'vanilla')
+    .option('--alpha <a>', ALPHA_HELP)
     .option('--quiet', 'no progress output')
     .action(async (flags: GenerateFlags) => {
       await generateCommand(flags);
@@ -65,6 +71,9 @@ function collect(value: string, previous: string[] | undefined): string[] {
 
 interface Checked {
   options: GenerateOptions;
+  /** The per-scale policy (vanilla, stagevar, fastvar or a file), already checked against this run. */
+  policy: CheckedPolicy;
+  policyContext: PolicyContext;
   features: FeaturesFile | null;
   outputs: (count: number) => string[];
 }
@@ -110,6 +119,10 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
     if (features.negative) checkFeatures('negative features', features.negative, arch.text_width, arch.text_max_len);
   }
   resolveBatch(features ? features.prompts.lens.length : f.prompt.length, batch, seed);
+  // The policy is validated against this run (ranks vs token counts, CFG order, skips) before any GPU work.
+  const policyContext: PolicyContext = { chunks: arch.chunks, depth: arch.depth };
+  const policy = await checkPolicyFlags({ policy: f.policy, alpha: f.alpha }, { schedule: shape.schedule, cfg, tau, ...policyContext });
+  if (policy.alpha) policyContext.alpha = policy.alpha;
 
   const options: GenerateOptions = { cfg, tau, topP, topK, size, ratio: f.ratio };
   if (seed !== undefined) options.seed = seed;
@@ -121,7 +134,7 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
     options.prompt = f.prompt;
     if (f.negative !== undefined) options.negativePrompt = f.negative;
   }
-  return { options, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
+  return { options, policy, policyContext, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
 }
 
 function parseInteger(name: string, text: string, min = 0): number {
@@ -149,6 +162,7 @@ export async function generateCommand(flags: GenerateFlags): Promise<GenerateRes
     const trace: Array<{ scale: number; images: RgbImage[] }> = [];
     const result = await engine.generate({
       ...checked.options,
+      plan: policyPlanHook(checked.policy.policy, checked.policyContext, (note) => process.stderr.write(`note: ${note}\n`)),
       onProgress: flags.quiet ? undefined : progressPrinter(),
       ...(flags.trace ? { onScaleImages: (scale: number, images: RgbImage[]) => void trace.push({ scale, images }) } : {}),
     });

@@ -1,5 +1,6 @@
 // One line per command module; each exports register(program).
 import type { Command } from 'commander';
+import { register as calibrate } from './calibrate.js';
 import { register as convert } from './convert.js';
 import { register as demo } from './demo.js';
 import { register as generate } from './generate.js';
@@ -8,4 +9,4 @@ import { register as inspect } from './inspect.js';
 import { register as parity } from './parity.js';
 import { register as tokenize } from './tokenize.js';
 
-export const registry: Array<(program: Command) => void> = [demo, generate, info, inspect, convert, tokenize, parity];
+export const registry: Array<(program: Command) => void> = [demo, generate, info, inspect, convert, tokenize, parity, calibrate];

@@ -1,8 +1,12 @@
 // `stagevar parity DIR`: runs a reference fixture through the engine and compares every recorded tensor.
 import type { Command } from 'commander';
 import { Gpu } from '../../engine/device.js';
-import { runParity } from '../../model/parity/fixtures.js';
+import { registerParityRunner, runParity } from '../../model/parity/fixtures.js';
+import { runStageVarParity } from '../../sampler/stagevar_parity.js';
 import type { ParityEntry } from '../../model/parity/measure.js';
+
+// StageVAR's replay lives in sampler/ (it drives the policy table), above model/: registered from here.
+registerParityRunner('stagevar', (gpu, dir, onEntry) => runStageVarParity(gpu, dir, onEntry));
 
 export function register(program: Command): void {
   program
