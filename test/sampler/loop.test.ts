@@ -151,8 +151,9 @@ describe('next-scale loop on infinity-tiny', () => {
     expect(flat(after.result.bits!)).toEqual(flat(first.result.bits!));
 
     const projected = vanillaPlan(schedule, { cfg: CFG, tau: TAU });
-    projected[6] = { ...projected[6], tokens: { kind: 'random-projection', ranks: [10, 20], rope: 'first-rows', restore: 'area' } };
-    await expect(run([11], { plans: projected })).rejects.toThrow(/not implemented yet/);
+    // A projection rank above the scale's token count (16×16 = 256) is refused before the scale runs.
+    projected[6] = { ...projected[6], tokens: { kind: 'random-projection', ranks: [10, 300], rope: 'first-rows', restore: 'area' } };
+    await expect(run([11], { plans: projected })).rejects.toThrow(/300/);
     await expect(run([11, 12], { seeds: [1] })).rejects.toThrow(/1 seeds for 2 images/);
   });
 });
