@@ -6,7 +6,7 @@ import type { Gpu } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';
 import { f32ToF16Bits } from '../engine/dtype.js';
 import { conv2d, conv2dFlops, type ConvTileName } from '../kernels/conv.js';
-import type { BenchRow } from './types.js';
+import { type BenchRow, randomF32 } from './types.js';
 
 interface ConvCase {
   n: number;
@@ -17,16 +17,6 @@ interface ConvCase {
   k: number;
   dtype: DType;
   tile?: ConvTileName;
-}
-
-function randomF32(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
 }
 
 async function benchOne(gpu: Gpu, c: ConvCase, warmup: number, runs: number): Promise<BenchRow> {

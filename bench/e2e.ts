@@ -9,7 +9,7 @@
 import type { Gpu } from '../engine/device.js';
 import { Engine, type GenerateResult, type ModelInfo } from '../sampler/engine.js';
 import { scaleStarts } from '../sampler/schedule.js';
-import type { BenchRow } from './types.js';
+import { median, type BenchRow } from './types.js';
 
 export interface E2eOptions {
   /** Infinity weights; default: the built-in demo model. */
@@ -34,7 +34,6 @@ export interface E2eRow extends BenchRow {
   peakBytes: number;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 export async function benchE2E(gpu: Gpu, o: E2eOptions = {}): Promise<E2eRow[]> {
   const engine = await Engine.create({ gpu });

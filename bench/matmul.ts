@@ -10,33 +10,7 @@ import type { Gpu } from '../engine/device.js';
 import { f32ToF16Array } from '../engine/dtype.js';
 import type { Tensor } from '../engine/tensor.js';
 import { type Activation, gemmFlops, linear, matmul } from '../kernels/matmul.js';
-import type { BenchRow } from './types.js';
-
-function randomF32(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 32 - 0.5;
-  }
-  return out;
-}
-
-async function timeRuns(gpu: Gpu, launch: () => void, warmup: number, runs: number): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i < warmup + runs; i++) {
-    const t0 = performance.now();
-    launch();
-    await gpu.sync();
-    if (i >= warmup) times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
-}
-
-function row(kernel: string, shape: string, dtype: string, ms: number, flops: number, bytes: number): BenchRow {
-  return { kernel, shape, dtype, ms, gflops: flops / ms / 1e6, gbps: bytes / ms / 1e6 };
-}
+import { type BenchRow, randomF32, row, timeRuns } from './types.js';
 
 interface LinearCase {
   name: string;

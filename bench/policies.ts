@@ -11,7 +11,7 @@ import type { ScalePlan } from '../sampler/plan.js';
 import { loadPolicy } from '../sampler/policy.js';
 import { policyPlanHook } from '../sampler/policy_plan.js';
 import type { RgbImage } from '../sampler/png.js';
-import type { BenchRow } from './types.js';
+import { median, type BenchRow } from './types.js';
 
 export interface PolicyBenchOptions {
   model?: string;
@@ -36,7 +36,6 @@ export interface PolicyRow extends BenchRow {
   psnr: number;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 export function psnr(a: RgbImage, b: RgbImage): number {
   if (a.data.length !== b.data.length) throw new Error('psnr: images differ in size');
