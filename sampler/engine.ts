@@ -182,7 +182,11 @@ export class Engine extends EventTarget {
     if (model.prefix) throw new Error(`${o.model}: the transformer sits under "${model.prefix}"; extract it first (stagevar convert --key ${model.prefix.replace(/\.$/, '')})`);
     if (vae.prefix) throw new Error(`${o.vae}: the VAE sits under "${vae.prefix}"; extract it first (stagevar convert --key ${vae.prefix.replace(/\.$/, '')})`);
     if (model.bits !== vae.codebook_dim && model.bits !== 4 * vae.codebook_dim) {
-      throw new Error(`${o.model} predicts ${model.bits} bits per token but ${o.vae} decodes ${vae.codebook_dim} code channels: they are not a pair`);
+      throw new Error(
+        `${o.model} predicts ${model.bits} bits per token but ${o.vae} decodes ${vae.codebook_dim} code channels: they are not a pair ` +
+          `(the transformer needs a VAE with ${model.bits} code channels, or ${model.bits / 4} with 2×2 patchify as Infinity-8B's 14-bit VAE; ` +
+          `the VAE needs a transformer with ${vae.codebook_dim} or ${4 * vae.codebook_dim} bits per token)`,
+      );
     }
     return { model, vae };
   }

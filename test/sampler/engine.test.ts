@@ -114,3 +114,18 @@ describe('Engine', () => {
     expect((await engine.generate(opts())).images).toHaveLength(1);
   });
 });
+
+describe('Engine.inspectFiles pairs a transformer with its VAE from the headers alone', () => {
+  it('names both files and what each expects when a 2B transformer meets the 14-bit VAE, or the reverse', async () => {
+    const two = fixture('infinity-tiny');
+    const eight = fixture('infinity8b-tiny');
+    await expect(Engine.inspectFiles({ model: join(two, 'model.safetensors'), vae: join(eight, 'vae.safetensors') })).rejects.toThrow(
+      /infinity-tiny\/model\.safetensors predicts 32 bits per token but .*infinity8b-tiny\/vae\.safetensors decodes 14 code channels.*needs a VAE with 32 code channels.*needs a transformer with 14 or 56 bits/,
+    );
+    await expect(Engine.inspectFiles({ model: join(eight, 'model.safetensors'), vae: join(two, 'vae.safetensors') })).rejects.toThrow(
+      /predicts 56 bits per token but .* decodes 32 code channels.*needs a VAE with 56 code channels, or 14 with 2×2 patchify/,
+    );
+    const ok = await Engine.inspectFiles({ model: join(eight, 'model.safetensors'), vae: join(eight, 'vae.safetensors') });
+    expect([ok.model.bits, ok.vae.codebook_dim, ok.model.patchify]).toEqual([56, 14, true]);
+  });
+});
