@@ -194,7 +194,19 @@ export async function writeOutputs(result: GenerateResult, paths: string[], trac
       resolution: result.resolution,
       text_ms: result.stats.textMs,
       conditioning_ms: result.stats.conditioningMs,
-      scales: result.stats.scales.map((s) => ({ scale: s.scale, grid: s.grid, tokens: s.tokens, run: s.run, branches: s.branches, rows: s.rows, ms: s.ms })),
+      // Per scale: whether it ran, which CFG branches, the guidance, and the token policy (for StageVAR the
+      // random-projection ranks per block chunk and the RoPE convention; for FastVAR the pruning).
+      scales: result.stats.scales.map((s, i) => ({
+        scale: s.scale,
+        grid: s.grid,
+        tokens: s.tokens,
+        run: s.run,
+        branches: s.branches,
+        cfg: result.plans[i]?.cfg,
+        policy: result.plans[i]?.tokens ?? 'all',
+        rows: s.rows,
+        ms: s.ms,
+      })),
       transformer_ms: result.stats.transformerMs,
       decode_ms: result.stats.decodeMs,
       total_ms: result.stats.totalMs,

@@ -118,6 +118,24 @@ describe('stagevar generate (infinity-tiny, --text-features)', () => {
     expect(Buffer.compare(await readFile(a), await readFile(c))).not.toBe(0);
   });
 
+  it('runs a StageVAR policy file: CFG 0 + RP/RTR at 12×12, the last scale skipped, marked in the trace', async () => {
+    const policy = join(scratch, 'stagevar-256.json');
+    await writeFile(policy, JSON.stringify({ name: 'sv256', scales: { 5: { cfg: 0, tokens: { kind: 'rp', ranks: [9, 40], rope: 'first-rows' } }, 6: { run: false } } }));
+    const out = join(scratch, 'sv.png');
+    const trace = join(scratch, 'sv-trace');
+    const r = await cli(base(out, '--policy', policy, '--seed', '9', '--trace', trace, '--quiet'));
+    expect(r.code, r.stderr).toBe(0);
+    // The skipped 16×16 scale still decodes at the full grid: the latent of the scales that ran.
+    expect(await png(out)).toMatchObject({ width: 16, height: 16 });
+    const timings = JSON.parse(await readFile(join(trace, 'timings.json'), 'utf8'));
+    expect(timings.scales[4]).toMatchObject({ run: true, branches: 'both', policy: 'all' });
+    expect(timings.scales[5]).toMatchObject({ run: true, branches: 'uncond', cfg: 0, policy: { kind: 'random-projection', ranks: [9, 40] } });
+    expect(timings.scales[6]).toMatchObject({ run: false });
+    const again = join(scratch, 'sv-again.png');
+    expect((await cli(base(again, '--policy', policy, '--seed', '9', '--quiet'))).code).toBe(0);
+    expect(Buffer.compare(await readFile(out), await readFile(again))).toBe(0); // RP/RTR draws are seeded
+  });
+
   it('writes out-0.png, out-1.png… for a batch, and the per-scale trace with timings', async () => {
     const folder = join(scratch, 'batch');
     await mkdir(folder);
