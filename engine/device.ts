@@ -42,6 +42,7 @@ const UNIFORM_RING_BYTES = 1 << 20;
 const MAX_WORKGROUPS_PER_DIM = 65535;
 
 let globalsInstalled = false;
+const liveInstances: unknown[] = [];
 
 export class Gpu {
   readonly pool: BufferPool;
@@ -58,7 +59,6 @@ export class Gpu {
   private checks: Promise<GpuError | null>[] = [];
   private latched: GpuError | null = null;
   private destroyed = false;
-  private instance: unknown = null;
   private readonly profiler: Profiler | null;
   readonly maxDispatchesPerSubmit: number;
   readonly validate: boolean;
@@ -135,9 +135,10 @@ export class Gpu {
       backend: backendOf(info.description, backend),
     };
     const gpu = new Gpu(device, summary, device.limits, new Set([...device.features].map(String)), options);
-    // The Dawn instance must outlive its device: if it is garbage-collected, Dawn's event processing
-    // dereferences freed memory (seen as a segfault in InstanceBase::ProcessEvents).
-    gpu.instance = instance;
+    // The Dawn instance must outlive its device, even after destroy(): if it is garbage-collected while
+    // Dawn still processes events, it dereferences freed memory (a segfault in InstanceBase::ProcessEvents).
+    // Instances are small, so every one created stays referenced for the life of the process.
+    liveInstances.push(instance);
     return gpu;
   }
 
@@ -341,7 +342,6 @@ export class Gpu {
     this.profiler?.destroy();
     this.pool.trim(); // nothing is pending here: destroy() drops the open encoder unsubmitted
     this.device.destroy();
-    this.instance = null;
   }
 
   // ---- internals -----------------------------------------------------------------------------
