@@ -14,7 +14,7 @@ import { copyRows, transpose2d } from '../../kernels/layout.js';
 import { matmul } from '../../kernels/matmul.js';
 import { gatedResidual, groupNorm } from '../../kernels/norms.js';
 import { WeightsError, formatShape } from '../weights/errors.js';
-import { type FeatureMap, FeatureOps } from '../vae/feature_map.js';
+import { type FeatureMap, FeatureOps, type ResBlockWeights } from '../vae/feature_map.js';
 import { softmaxRows } from './softmax.js';
 
 interface Conv {
@@ -27,13 +27,7 @@ interface Norm {
   bias: Tensor;
 }
 
-interface ResBlock {
-  norm1: Norm;
-  conv1: Conv;
-  norm2: Norm;
-  conv2: Conv;
-  shortcut: Conv | null;
-}
+type ResBlock = ResBlockWeights;
 
 interface AttnBlock {
   norm: Norm;
@@ -144,58 +138,24 @@ export class VarDecoder {
   decode(latent: Tensor): Tensor {
     const { codeChannels: D, stride: s } = this.config;
     if (latent.rank !== 4 || latent.shape[1] !== D) throw new ShapeError('VarDecoder.decode', `expects [B, ${D}, h, w], got ${formatShape(latent.shape)}`);
-    const [B, , h, w] = latent.shape;
-    const image = this.gpu.empty([B, 3, s * h, s * w], 'f32', 'vqvae-image');
-    for (let b = 0; b < B; b++) {
-      const one = this.decodeOne(latent.reshape([B, D * h * w]).rows(b, 1).reshape([1, D, h, w]));
-      this.gpu.copy(one, image.reshape([B, 3 * s * s * h * w]).rows(b, 1).reshape(one.shape));
-      one.dispose();
-    }
-    return image;
+    return this.ops.decodeBatch(latent, s, (one) => this.decodeOne(one), 'vqvae-image');
   }
 
   private decodeOne(latent: Tensor): Tensor {
     const ops = this.ops;
-    const input = ops.wrap(latent);
-    let h: FeatureMap = ops.conv(input, this.convIn, 1);
-    if (input.chunks[0].t !== latent) ops.free(input); // split copies are ours
-    h = this.resBlock(h, this.mid.block1);
+    let h: FeatureMap = ops.convIn(latent, this.convIn);
+    h = ops.resBlock(h, this.mid.block1, EPS);
     h = this.attnBlock(h, this.mid.attn);
-    h = this.resBlock(h, this.mid.block2);
+    h = ops.resBlock(h, this.mid.block2, EPS);
     for (let lvl = this.levels.length - 1; lvl >= 0; lvl--) {
       const level = this.levels[lvl];
       level.blocks.forEach((block, i) => {
-        h = this.resBlock(h, block);
+        h = ops.resBlock(h, block, EPS);
         if (level.attn.length) h = this.attnBlock(h, level.attn[i]);
       });
-      if (level.upsample) {
-        const big = ops.upsampleNearest2x(h);
-        ops.free(h);
-        h = ops.conv(big, level.upsample, 1);
-        ops.free(big);
-      }
+      if (level.upsample) h = ops.upsampleConv(h, level.upsample);
     }
-    const n = ops.groupNormSwish(h, this.normOut, GROUPS, EPS);
-    ops.free(h);
-    const out = ops.conv(n, this.convOut, 1);
-    ops.free(n);
-    return ops.clampUnitToTensor(out);
-  }
-
-  private resBlock(x: FeatureMap, b: ResBlock): FeatureMap {
-    const ops = this.ops;
-    const n1 = ops.groupNormSwish(x, b.norm1, GROUPS, EPS);
-    const h1 = ops.conv(n1, b.conv1, 1);
-    ops.free(n1);
-    const n2 = ops.groupNormSwish(h1, b.norm2, GROUPS, EPS);
-    ops.free(h1);
-    const h2 = ops.conv(n2, b.conv2, 1);
-    ops.free(n2);
-    const skip = b.shortcut ? ops.conv(x, b.shortcut, 0) : x;
-    const out = ops.addInto(h2, skip);
-    if (skip !== x) ops.free(skip);
-    ops.free(x);
-    return out;
+    return ops.outputHead(h, this.normOut, this.convOut, EPS);
   }
 
   /**

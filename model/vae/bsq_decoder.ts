@@ -8,7 +8,7 @@ import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { ShapeError } from '../../engine/errors.js';
 import { WeightsError, formatShape } from '../weights/errors.js';
-import { type FeatureMap, FeatureOps } from './feature_map.js';
+import { type FeatureMap, FeatureOps, type ResBlockWeights } from './feature_map.js';
 
 export interface ConvWeights {
   weight: Tensor;
@@ -20,13 +20,7 @@ export interface NormWeights {
   bias: Tensor;
 }
 
-export interface ResBlock {
-  norm1: NormWeights;
-  conv1: ConvWeights;
-  norm2: NormWeights;
-  conv2: ConvWeights;
-  shortcut: ConvWeights | null;
-}
+export type ResBlock = ResBlockWeights;
 
 export interface DecoderLevel {
   blocks: ResBlock[];
@@ -41,7 +35,6 @@ export interface BsqDecoderConfig {
   channels: number[];
 }
 
-const GROUPS = 32;
 const EPS = 1e-6;
 
 /** Looks a tensor up under both key forms: `…conv.weight` / `…norm.weight` (canonical) and flat `…weight`. */
@@ -173,50 +166,18 @@ export class BsqDecoder {
     if (latent.rank !== 4 || latent.shape[1] !== this.config.codeChannels) {
       throw new ShapeError('vae.decode', `expects a latent [B, ${this.config.codeChannels}, h, w] (${this.config.codeChannels} code channels), got ${formatShape(latent.shape)}`);
     }
-    const [B, C, lh, lw] = latent.shape;
-    const s = this.config.stride;
-    const image = this.gpu.empty([B, 3, s * lh, s * lw], 'f32', 'vae-image');
-    for (let b = 0; b < B; b++) {
-      const one = this.decodeOne(latent.reshape([B, C * lh * lw]).rows(b, 1).reshape([1, C, lh, lw]));
-      this.gpu.copy(one, image.reshape([B, 3 * s * s * lh * lw]).rows(b, 1).reshape(one.shape));
-      one.dispose();
-    }
-    return image;
+    return this.ops.decodeBatch(latent, this.config.stride, (one) => this.decodeOne(one), 'vae-image');
   }
 
   private decodeOne(latent: Tensor): Tensor {
     const ops = this.ops;
-    let h: FeatureMap = ops.conv(ops.wrap(latent), this.convIn, 1);
-    for (const block of this.mid) h = this.resBlock(ops, h, block);
+    let h: FeatureMap = ops.convIn(latent, this.convIn);
+    for (const block of this.mid) h = ops.resBlock(h, block, EPS);
     for (let lvl = this.config.levels - 1; lvl >= 0; lvl--) {
       const level = this.up[lvl];
-      for (const block of level.blocks) h = this.resBlock(ops, h, block);
-      if (level.upsample) {
-        const big = ops.upsampleNearest2x(h);
-        ops.free(h);
-        h = ops.conv(big, level.upsample, 1);
-        ops.free(big);
-      }
+      for (const block of level.blocks) h = ops.resBlock(h, block, EPS);
+      if (level.upsample) h = ops.upsampleConv(h, level.upsample);
     }
-    const n = ops.groupNormSwish(h, this.normOut, GROUPS, EPS);
-    ops.free(h);
-    const out = ops.conv(n, this.convOut, 1);
-    ops.free(n);
-    return ops.clampUnitToTensor(out);
-  }
-
-  private resBlock(ops: FeatureOps, x: FeatureMap, b: ResBlock): FeatureMap {
-    const n1 = ops.groupNormSwish(x, b.norm1, GROUPS, EPS);
-    const h1 = ops.conv(n1, b.conv1, 1);
-    ops.free(n1);
-    const n2 = ops.groupNormSwish(h1, b.norm2, GROUPS, EPS);
-    ops.free(h1);
-    const h2 = ops.conv(n2, b.conv2, 1);
-    ops.free(n2);
-    const skip = b.shortcut ? ops.conv(x, b.shortcut, 0) : x;
-    const out = ops.addInto(h2, skip);
-    if (skip !== x) ops.free(skip);
-    ops.free(x);
-    return out;
+    return ops.outputHead(h, this.normOut, this.convOut, EPS);
   }
 }

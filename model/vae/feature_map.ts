@@ -38,6 +38,15 @@ interface NormW {
   bias: Tensor;
 }
 
+/** A VAE decoder ResNet block: GN → swish → 3×3 conv, twice, plus the (1×1 when channels change) shortcut. */
+export interface ResBlockWeights {
+  norm1: NormW;
+  conv1: ConvW;
+  norm2: NormW;
+  conv2: ConvW;
+  shortcut: ConvW | null;
+}
+
 export class FeatureOps {
   /** Largest chunk in bytes; defaults to the device's binding limit (tests lower it to force splitting). */
   readonly maxChunkBytes: number;
@@ -147,6 +156,61 @@ export class FeatureOps {
       chunks.push({ c0, t: out });
     }
     return { C: x.C, H, W, chunks };
+  }
+
+  // ---- decoder building blocks shared by the BSQ-VAE and VAR VQ-VAE decoders (each consumes its input) ----
+
+  /** conv_in on a [1, C, h, w] latent (wrapped in chunks when it is over the cap; split copies are freed). */
+  convIn(latent: Tensor, w: ConvW): FeatureMap {
+    const input = this.wrap(latent);
+    const h = this.conv(input, w, 1);
+    if (input.chunks[0].t !== latent) this.free(input);
+    return h;
+  }
+
+  resBlock(x: FeatureMap, b: ResBlockWeights, eps: number): FeatureMap {
+    const n1 = this.groupNormSwish(x, b.norm1, this.groups, eps);
+    const h1 = this.conv(n1, b.conv1, 1);
+    this.free(n1);
+    const n2 = this.groupNormSwish(h1, b.norm2, this.groups, eps);
+    this.free(h1);
+    const h2 = this.conv(n2, b.conv2, 1);
+    this.free(n2);
+    const skip = b.shortcut ? this.conv(x, b.shortcut, 0) : x;
+    const out = this.addInto(h2, skip);
+    if (skip !== x) this.free(skip);
+    this.free(x);
+    return out;
+  }
+
+  /** Nearest ×2 then a 3×3 conv. */
+  upsampleConv(x: FeatureMap, w: ConvW): FeatureMap {
+    const big = this.upsampleNearest2x(x);
+    this.free(x);
+    const out = this.conv(big, w, 1);
+    this.free(big);
+    return out;
+  }
+
+  /** norm_out → swish → conv_out → clamp to [−1, 1], as one tensor. */
+  outputHead(x: FeatureMap, norm: NormW, w: ConvW, eps: number): Tensor {
+    const n = this.groupNormSwish(x, norm, this.groups, eps);
+    this.free(x);
+    const out = this.conv(n, w, 1);
+    this.free(n);
+    return this.clampUnitToTensor(out);
+  }
+
+  /** Decodes a batch [B, C, h, w] one image at a time into [B, 3, stride·h, stride·w]. */
+  decodeBatch(latent: Tensor, stride: number, decodeOne: (one: Tensor) => Tensor, label: string): Tensor {
+    const [B, C, h, w] = latent.shape;
+    const image = this.gpu.empty([B, 3, stride * h, stride * w], 'f32', label);
+    for (let b = 0; b < B; b++) {
+      const one = decodeOne(latent.reshape([B, C * h * w]).rows(b, 1).reshape([1, C, h, w]));
+      this.gpu.copy(one, image.reshape([B, 3 * stride * stride * h * w]).rows(b, 1).reshape(one.shape));
+      one.dispose();
+    }
+    return image;
   }
 
   /** a += b chunk by chunk (same plan, since same C, H, W). Returns a. */
