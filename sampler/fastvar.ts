@@ -13,14 +13,13 @@
 
 import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
-import { attention, attentionVarlen } from '../kernels/attention.js';
 import { binary } from '../kernels/elementwise.js';
 import { gatherRows, scatterRows } from '../kernels/layout.js';
-import { linear, matmul } from '../kernels/matmul.js';
-import { adaLayerNorm, gatedResidual, l2NormalizeHeads, layerNorm, rowReduce } from '../kernels/norms.js';
+import { matmul } from '../kernels/matmul.js';
+import { gatedResidual, rowReduce } from '../kernels/norms.js';
 import { resize } from '../kernels/resize.js';
-import { applyRope } from '../kernels/rope.js';
-import type { Generation, RowRange, ScaleStep } from '../model/infinity/generation.js';
+import type { Generation, ScaleStep } from '../model/infinity/generation.js';
+import { crossAttentionBranch, ffnBranch, selfAttentionBranch, stepRope } from '../model/infinity/layer.js';
 import type { InfinityModel } from '../model/infinity/model.js';
 import { release, rowsView } from '../model/infinity/views.js';
 import { rankSelect } from './rp_kernels.js';
@@ -109,8 +108,6 @@ function subModule(model: InfinityModel, part: SubModule, layer: number, xs: Ten
   const m = gen.conditioning.mods[layer];
   const rows = step.rows;
   const n = rows.count;
-  const C = config.width;
-  const H = config.heads;
   const own: Array<ReturnType<typeof rowsView>> = [];
   const sel = (t: Tensor) => {
     const v = rowsView(gpu, t, rows.start, n);
@@ -119,73 +116,21 @@ function subModule(model: InfinityModel, part: SubModule, layer: number, xs: Ten
   };
   try {
     if (part === 'attn') {
-      const h = adaLayerNorm(gpu, xs, sel(m.scale1), sel(m.shift1), { eps: config.eps, rowsPerGroup: L });
-      const q = linear(gpu, h, w.wq, w.qBias);
-      const k = linear(gpu, h, w.wk, w.kBias);
-      const v = linear(gpu, h, w.wv, w.vBias);
-      h.dispose();
-      l2NormalizeHeads(gpu, q, { heads: H, scale: w.qScale, out: q });
-      l2NormalizeHeads(gpu, k, { heads: H, out: k });
+      let rope = stepRope(gen, step, L);
+      let table: Tensor | null = null;
       if (index) {
         // Kept tokens keep their true positions: one table row per kept token of every row.
         const hd = config.headDim;
-        const table = gatherRows(gpu, gen.rope.reshape([-1, hd]).rows(step.ropeOffset, step.tokens), index.reshape([n * L])).reshape([n * L, hd / 2, 2]);
-        applyRope(gpu, q, table, { heads: H, rowsPerBatch: n * L });
-        applyRope(gpu, k, table, { heads: H, rowsPerBatch: n * L });
-        table.dispose();
-      } else {
-        const table = step.ropeTable ?? gen.rope;
-        applyRope(gpu, q, table, { heads: H, rowsPerBatch: L, tableOffset: step.ropeOffset });
-        applyRope(gpu, k, table, { heads: H, rowsPerBatch: L, tableOffset: step.ropeOffset });
+        table = gatherRows(gpu, gen.rope.reshape([-1, hd]).rows(step.ropeOffset, step.tokens), index.reshape([n * L])).reshape([n * L, hd / 2, 2]);
+        rope = { table, rowsPerBatch: n * L };
       }
-      const kvLen = gen.cache.append(layer, rows, k, v, L);
-      k.dispose();
-      v.dispose();
-      const cached = gen.cache.view(layer, rows);
-      const o = attention(gpu, q.reshape([n, L, C]), cached.k.tensor, cached.v.tensor, { heads: H, scale: 1, kvLen });
-      gen.cache.releaseView(cached);
-      q.dispose();
-      const y = linear(gpu, o.reshape([n * L, C]), w.projW, w.projB);
-      o.dispose();
+      const y = selfAttentionBranch(gpu, config, w, layer, xs, gen, step, { scale: sel(m.scale1), shift: sel(m.shift1) }, L, rope);
+      table?.dispose();
       return y;
     }
-    if (part === 'cross') {
-      const hc = layerNorm(gpu, xs, { weight: w.caNormW, bias: w.caNormB, eps: config.eps });
-      const qc = linear(gpu, hc, w.caQW, w.caQB);
-      hc.dispose();
-      const text = textRows(gpu, gen, layer, rows);
-      const oc = attentionVarlen(gpu, qc, text.k.tensor, text.v.tensor, {
-        heads: H,
-        scale: 1 / Math.sqrt(config.headDim),
-        qStarts: Array.from({ length: n + 1 }, (_, i) => i * L),
-        kStarts: text.starts,
-      });
-      release(text.k);
-      release(text.v);
-      qc.dispose();
-      const y = linear(gpu, oc, w.caProjW, w.caProjB);
-      oc.dispose();
-      return y;
-    }
-    const h2 = adaLayerNorm(gpu, xs, sel(m.scale2), sel(m.shift2), { eps: config.eps, rowsPerGroup: L });
-    const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh' });
-    h2.dispose();
-    const y = linear(gpu, f, w.fc2W, w.fc2B);
-    f.dispose();
-    return y;
+    if (part === 'cross') return crossAttentionBranch(gpu, config, w, layer, xs, gen, rows, L);
+    return ffnBranch(gpu, config, w, xs, { scale: sel(m.scale2), shift: sel(m.shift2) }, L);
   } finally {
     for (const v of own) release(v);
   }
-}
-
-/** Text K/V rows of a contiguous range of sequence rows, key offsets rebased to 0 (as layer.ts). */
-function textRows(gpu: Gpu, gen: Generation, layer: number, rows: RowRange) {
-  const starts = gen.conditioning.textStarts;
-  const first = starts[rows.start];
-  const count = starts[rows.start + rows.count] - first;
-  return {
-    k: rowsView(gpu, gen.conditioning.textK[layer], first, count),
-    v: rowsView(gpu, gen.conditioning.textV[layer], first, count),
-    starts: starts.slice(rows.start, rows.start + rows.count + 1).map((s) => s - first),
-  };
 }

@@ -21,7 +21,6 @@ import type { LayerWeights } from './weights.js';
 
 export function runLayer(gpu: Gpu, config: InfinityConfig, w: LayerWeights, layer: number, x: Tensor, gen: Generation, step: ScaleStep): void {
   const C = config.width;
-  const H = config.heads;
   const m = gen.conditioning.mods[layer];
   const { rows, tokens: L } = step;
   const n = rows.count;
@@ -29,21 +28,66 @@ export function runLayer(gpu: Gpu, config: InfinityConfig, w: LayerWeights, laye
   const xs = x.reshape([n * L, C]);
   const sel = (t: Tensor) => rowsView(gpu, t, rows.start, n);
   const group = { rowsPerGroup: L };
+  const views = [m.scale1, m.shift1, m.gamma1, m.scale2, m.shift2, m.gamma2].map(sel);
+  const [s1, b1, g1, s2, b2, g2] = views.map((v) => v.tensor);
 
   // Self-attention over the cache of previous steps plus this one.
-  const s1 = sel(m.scale1);
-  const b1 = sel(m.shift1);
-  const h = adaLayerNorm(gpu, xs, s1.tensor, b1.tensor, { eps: config.eps, ...group });
+  const y = selfAttentionBranch(gpu, config, w, layer, xs, gen, step, { scale: s1, shift: b1 }, L, stepRope(gen, step, L));
+  gatedResidual(gpu, xs, y, g1, group);
+  y.dispose();
+
+  // Cross-attention to each row's own text.
+  const yc = crossAttentionBranch(gpu, config, w, layer, xs, gen, rows, L);
+  gatedResidual(gpu, xs, yc, null);
+  yc.dispose();
+
+  // FFN.
+  const y2 = ffnBranch(gpu, config, w, xs, { scale: s2, shift: b2 }, L);
+  gatedResidual(gpu, xs, y2, g2, group);
+  y2.dispose();
+  for (const view of views) release(view);
+}
+
+/** The RoPE table and placement for a step's rows (L tokens each). */
+export interface RopeArgs {
+  table: Tensor;
+  rowsPerBatch: number;
+  tableOffset?: number;
+}
+
+/** The step's own RoPE: its table (or the schedule's), L tokens per row, from the step's offset. */
+export function stepRope(gen: Generation, step: ScaleStep, L: number): RopeArgs {
+  return { table: step.ropeTable ?? gen.rope, rowsPerBatch: L, tableOffset: step.ropeOffset };
+}
+
+/** AdaLN scale/shift rows of the step's sequence rows ([n, C] each, one per row of L tokens). */
+export interface Modulation {
+  scale: Tensor;
+  shift: Tensor;
+}
+
+/**
+ * The self-attention branch on xs [n·L, C] before γ1 and the residual add: AdaLN, q/k/v, cosine
+ * normalisation, RoPE, this step's keys appended to the layer's cache, attention over the cache, proj.
+ */
+export function selfAttentionBranch(
+  gpu: Gpu, config: InfinityConfig, w: LayerWeights, layer: number, xs: Tensor, gen: Generation, step: ScaleStep,
+  mod: Modulation, L: number, rope: RopeArgs,
+): Tensor {
+  const C = config.width;
+  const H = config.heads;
+  const { rows } = step;
+  const n = rows.count;
+  const h = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L });
   const q = linear(gpu, h, w.wq, w.qBias);
   const k = linear(gpu, h, w.wk, w.kBias);
   const v = linear(gpu, h, w.wv, w.vBias);
   h.dispose();
   l2NormalizeHeads(gpu, q, { heads: H, scale: w.qScale, out: q });
   l2NormalizeHeads(gpu, k, { heads: H, out: k });
-  const table = step.ropeTable ?? gen.rope;
-  const rope = { heads: H, rowsPerBatch: L, tableOffset: step.ropeOffset };
-  applyRope(gpu, q, table, rope);
-  applyRope(gpu, k, table, rope);
+  const placement = { heads: H, rowsPerBatch: rope.rowsPerBatch, ...(rope.tableOffset !== undefined ? { tableOffset: rope.tableOffset } : {}) };
+  applyRope(gpu, q, rope.table, placement);
+  applyRope(gpu, k, rope.table, placement);
   const kvLen = gen.cache.append(layer, rows, k, v, L);
   k.dispose();
   v.dispose();
@@ -53,17 +97,18 @@ export function runLayer(gpu: Gpu, config: InfinityConfig, w: LayerWeights, laye
   q.dispose();
   const y = linear(gpu, o.reshape([n * L, C]), w.projW, w.projB);
   o.dispose();
-  const g1 = sel(m.gamma1);
-  gatedResidual(gpu, xs, y, g1.tensor, group);
-  y.dispose();
+  return y;
+}
 
-  // Cross-attention to each row's own text.
+/** The cross-attention branch on xs [n·L, C] before the residual add: affine LN, q, attention to each row's own text, proj. */
+export function crossAttentionBranch(gpu: Gpu, config: InfinityConfig, w: LayerWeights, layer: number, xs: Tensor, gen: Generation, rows: RowRange, L: number): Tensor {
+  const n = rows.count;
   const hc = layerNorm(gpu, xs, { weight: w.caNormW, bias: w.caNormB, eps: config.eps });
   const qc = linear(gpu, hc, w.caQW, w.caQB);
   hc.dispose();
   const text = textRows(gpu, gen, layer, rows);
   const oc = attentionVarlen(gpu, qc, text.k.tensor, text.v.tensor, {
-    heads: H,
+    heads: config.heads,
     scale: 1 / Math.sqrt(config.headDim),
     qStarts: Array.from({ length: n + 1 }, (_, i) => i * L),
     kStarts: text.starts,
@@ -71,23 +116,19 @@ export function runLayer(gpu: Gpu, config: InfinityConfig, w: LayerWeights, laye
   release(text.k);
   release(text.v);
   qc.dispose();
-  const yc = linear(gpu, oc, w.caProjW, w.caProjB);
+  const y = linear(gpu, oc, w.caProjW, w.caProjB);
   oc.dispose();
-  gatedResidual(gpu, xs, yc, null);
-  yc.dispose();
+  return y;
+}
 
-  // FFN.
-  const s2 = sel(m.scale2);
-  const b2 = sel(m.shift2);
-  const h2 = adaLayerNorm(gpu, xs, s2.tensor, b2.tensor, { eps: config.eps, ...group });
+/** The FFN branch on xs [n·L, C] before γ2 and the residual add: AdaLN, fc1 with GELU-tanh, fc2. */
+export function ffnBranch(gpu: Gpu, config: InfinityConfig, w: LayerWeights, xs: Tensor, mod: Modulation, L: number): Tensor {
+  const h2 = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L });
   const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh' });
   h2.dispose();
-  const y2 = linear(gpu, f, w.fc2W, w.fc2B);
+  const y = linear(gpu, f, w.fc2W, w.fc2B);
   f.dispose();
-  const g2 = sel(m.gamma2);
-  gatedResidual(gpu, xs, y2, g2.tensor, group);
-  y2.dispose();
-  for (const view of [s1, b1, g1, s2, b2, g2]) release(view);
+  return y;
 }
 
 /** Text K/V rows of a contiguous range of sequence rows, with key offsets rebased to 0. */
