@@ -3,7 +3,7 @@
 //
 //   import { Engine } from 'stagevar';
 //   const engine = await Engine.create();
-//   await engine.loadInfinity({ model: 'infinity_2b.safetensors', vae: 'vae_d32.safetensors', textEncoder: 'flan-t5-xl/' });
+//   await engine.load({ model: 'infinity_2b.safetensors', vae: 'vae_d32.safetensors', textEncoder: 'flan-t5-xl/' });  // or STAR + CLIP
 //   const { images } = await engine.generate({ prompt: 'a cat', seed: 1, size: 1024 });
 
 export * from './engine/index.js';
@@ -27,6 +27,8 @@ export { philox4x32, randomU32, randomUniform, randomNormal, randomU32Cpu, rando
 
 // Model loaders and recognition of weight files.
 export { InfinityModel, BitLatent, runTeacherForced, inferInfinityConfig, type InfinityConfig, type Generation, type ScaleStep, type TextInput } from './model/infinity/index.js';
+export { StarModel, VarVqvae, type StarConfig } from './model/star/index.js';
+export { ClipTextEncoder, type ClipConfig } from './model/text/clip_encoder.js';
 export { loadBsqDecoder } from './model/vae/load.js';
 export { BsqDecoder, type BsqDecoderConfig } from './model/vae/bsq_decoder.js';
 export { T5Encoder, type T5Config } from './model/text/t5_encoder.js';

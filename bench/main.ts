@@ -2,6 +2,9 @@
 // `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load,e2e,policies` picks families;
 // `--e2e [--size N] [--model M --vae V --text-encoder T]` runs vanilla vs stagevar vs fastvar side by side;
 // `--profile` adds a per-kernel GPU time table from timestamp queries.
+// `--only infinity [--family 2b|8b --width C --depth L --heads H --size 256|512|768|1024 …]`: the transformer
+// per scale from random weights, then the VAE decoder (bench/infinity.ts); `--only load8b [--chunks N]`:
+// loading a synthetic sharded Infinity-8B checkpoint (bench/load8b.ts). Their flags: bench/family_options.ts.
 // Numbers are medians of several runs after warm-up, timed around gpu.sync(); on lavapipe they are CPU
 // numbers — compare ratios measured side by side, and quote absolute times only from a real GPU.
 
@@ -11,7 +14,11 @@ import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
 import { benchE2E } from './e2e.js';
 import { benchLoad } from './load.js';
+import { infinityOptions, load8bOptions } from './family_options.js';
+import { benchInfinity } from './infinity.js';
+import { benchLoad8b } from './load8b.js';
 import { benchPolicies } from './policies.js';
+import { benchStar } from './star.js';
 import { benchMatmul } from './matmul.js';
 import type { BenchRow } from './types.js';
 
@@ -21,6 +28,11 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   conv: (gpu) => benchConv(gpu),
   load: (gpu) => benchLoad(gpu),
   e2e: (gpu) => benchE2E(gpu),
+  // Transformer per scale + VAE decoder from random weights at any size; sharded 8B checkpoint loading.
+  infinity: (gpu) => benchInfinity(gpu, infinityOptions()),
+  load8b: (gpu) => benchLoad8b(gpu, load8bOptions()),
+  // STAR vanilla vs StageVAR's STAR port, one random model, text and seed (--only star [--size --width --depth --heads --vae]).
+  star: (gpu) => benchStar(gpu),
   // The paper's headline side by side: vanilla, stagevar, fastvar on one model, prompt and seed (--e2e).
   policies: (gpu) => benchPolicies(gpu, { size: Number(arg('--size') ?? 1024), ...(arg('--model') ? { model: arg('--model'), vae: arg('--vae'), textEncoder: arg('--text-encoder') } : {}) }),
 };
@@ -58,7 +70,8 @@ async function main(): Promise<void> {
 }
 
 function formatRow(r: BenchRow): string {
-  const extra = r as BenchRow & { speedup?: number; psnr?: number; policy?: string };
+  const extra = r as BenchRow & { speedup?: number; psnr?: number; policy?: string; note?: string };
+  if (extra.note !== undefined) return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${extra.note}`;
   const tail = extra.speedup !== undefined ? `  speedup ${extra.speedup.toFixed(2)}×  PSNR vs vanilla ${extra.psnr?.toFixed(1)} dB` : '';
   return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${r.dtype.padEnd(10)} ${r.ms.toFixed(2).padStart(10)} ms ${r.gflops.toFixed(2).padStart(9)} GFLOP/s ${r.gbps.toFixed(2).padStart(8)} GB/s${tail}`;
 }

@@ -1,8 +1,8 @@
 // The library API: an Engine owns a GPU and one loaded pipeline (Infinity transformer + BSQ-VAE decoder +
-// optional text encoder) and turns prompts into RGB images.
+// optional T5 encoder, or STAR transformer + VQ-VAE + optional CLIP encoder) and turns prompts into RGB images.
 //
 //   const engine = await Engine.create();
-//   await engine.loadInfinity({ model, vae, textEncoder });        // or engine.loadDemo()
+//   await engine.load({ model, vae, textEncoder });                // the family from the weights; or loadDemo()
 //   const { images, stats } = await engine.generate({ prompt: 'a cat', seed: 1, size: 1024, ratio: '16:9' });
 //   engine.dispose();
 //
@@ -12,7 +12,7 @@
 
 import { Gpu, type GpuOptions } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
-import { expectArchitecture, type InfinityArch, type InfinityVaeArch } from '../model/arch.js';
+import { detectArchitecture, expectArchitecture, type InfinityArch, type InfinityVaeArch } from '../model/arch.js';
 import { InfinityModel } from '../model/infinity/model.js';
 import { loadBsqDecoder } from '../model/vae/load.js';
 import type { BsqDecoder } from '../model/vae/bsq_decoder.js';
@@ -25,6 +25,7 @@ import { rgbFromPlanar, type RgbImage } from './png.js';
 import { checkFeatures, checkLevels, resolveBatch, resolveShape, templateNote } from './options.js';
 import type { Grid, ResolutionName } from './schedule.js';
 import { T5PromptEncoder, mustExist, selectPrompts, type PromptEncoder, type TextFeatures } from './text.js';
+import { inspectStarFiles, loadStarPipeline, runStar, type LoadStarOptions, type StarPipeline } from './star_generate.js';
 
 export interface EngineOptions extends GpuOptions {
   /** Use this GPU instead of creating one (the engine then never destroys it). */
@@ -45,13 +46,18 @@ export interface LoadInfinityOptions {
 }
 
 export interface ModelInfo {
+  /** 'infinity' (2B, 8B and the demo) or 'star'. */
+  family: 'infinity' | 'star';
   name: string;
   depth: number;
   width: number;
   heads: number;
   chunks: number;
   ffnHidden: number;
+  /** Infinity's bits per token; 0 for STAR, whose tokens are codebook indices (see vocab). */
   bitsPerToken: number;
+  /** STAR's codebook size; 0 for Infinity. */
+  vocab: number;
   /** Text feature width the model expects (T5-XL: 2048) and the most text tokens per prompt. */
   textWidth: number;
   textMaxLen: number;
@@ -65,32 +71,37 @@ export interface ModelInfo {
 export interface GenerateOptions {
   /** One prompt, or one per image (needs a loaded text encoder). */
   prompt?: string | readonly string[];
-  /** Precomputed text features instead of prompts (one entry of `lens` per prompt). */
-  textFeatures?: TextFeatures;
+  /** Precomputed text features instead of prompts (one entry of `lens` per prompt). STAR: the valid CLIP
+   *  states of each prompt, and optionally `pooled` [prompts, width] (default: each prompt's last row, its EOS). */
+  textFeatures?: TextFeatures & { pooled?: Float32Array };
+  /** Replaces the unconditional text (Infinity's learned cfg_uncond; STAR's ""). */
   negativePrompt?: string;
   /** Negative features: one entry (for every image) or one per prompt. */
-  negativeFeatures?: TextFeatures;
+  negativeFeatures?: TextFeatures & { pooled?: Float32Array };
   /** One seed (image i uses seed + i) or one per image. Default: random (reported in the result). */
   seed?: number | readonly number[];
   /** Images; default: the number of prompts or seeds. */
   batch?: number;
-  /** Guidance (1 = none) and temperature: one value or one per scale. Defaults 3 and 0.5 (Infinity-2B's demo). */
+  /** Guidance and temperature: one value or one per scale. Infinity (cfg 1 = none): 3 and 0.5 for 2B (its
+   *  demo), 3 and 1 for 8B (the official 8B defaults). STAR: cfg 4.5 on the ramp t = cfg·s/(K−1), τ 1. */
   cfg?: PerScale;
   tau?: PerScale;
-  /** Default 0.97, 0 (off). */
+  /** Infinity: 0.97 and 0 (off); STAR: 0.8 and 600. */
   topP?: number;
   topK?: number;
-  /** 256, 512, 768 or 1024 (default 1024). */
+  /** 256, 512, 768 or 1024 (default 1024; STAR: 256, 512, 1024). */
   size?: number;
-  /** Height:width as "H:W", or h/w as a number (default 1); the nearest of the 15 templates is used. */
+  /** Height:width as "H:W", or h/w as a number (default 1); the nearest of the 15 templates is used. STAR: 1:1 only. */
   ratio?: number | string;
+  /** STAR only: the scale sides, when the model was trained on another list than the size's (e.g. tiny models). */
+  patchNums?: readonly number[];
   /** Changes the per-scale plan (e.g. StageVAR's policy); gets the vanilla plan. */
   plan?: (plans: ScalePlan[]) => ScalePlan[];
   signal?: AbortSignal;
   onProgress?: (info: ProgressInfo) => void;
   /** Called with the images decoded from the latent after every scale that runs (the paper's Fig. 1). */
   onScaleImages?: (scale: number, images: RgbImage[]) => void | Promise<void>;
-  /** Return every scale's bits. */
+  /** Return every scale's bits (Infinity) or token indices (STAR). */
   keepBits?: boolean;
 }
 
@@ -123,6 +134,8 @@ export interface GenerateResult {
   plans: ScalePlan[];
   stats: GenerationStats;
   bits?: Int32Array[];
+  /** STAR with keepBits: each scale's token indices [B·side²] (empty for skipped scales). */
+  tokens?: Int32Array[];
 }
 
 export class GenerationProgressEvent extends Event {
@@ -137,7 +150,8 @@ export class WarningEvent extends Event {
   }
 }
 
-interface Pipeline {
+interface InfinityPipeline {
+  family: 'infinity';
   model: InfinityModel;
   decoder: BsqDecoder;
   text: PromptEncoder | null;
@@ -145,6 +159,8 @@ interface Pipeline {
   /** GPU tensors the pipeline owns beyond the model's (the demo decoder's weights). */
   owned: Tensor[];
 }
+
+type Pipeline = InfinityPipeline | (StarPipeline & { info: ModelInfo });
 
 const now = () => performance.now();
 
@@ -211,7 +227,7 @@ export class Engine extends EventTarget {
           throw new Error(`${o.textEncoder}: the text encoder gives ${text.width}-wide features but the model expects ${model.config.textWidth} (Infinity uses Flan-T5-XL, 2048)`);
         }
       }
-      this.replace({ model, decoder, text, info: infoOf('infinity', model, decoder, text), owned: [] });
+      this.replace({ family: 'infinity', model, decoder, text, info: infoOf('infinity', model, decoder, text), owned: [] });
       return this.pipeline!.info;
     } catch (err) {
       text?.dispose();
@@ -226,8 +242,40 @@ export class Engine extends EventTarget {
     const model = await loadDemoInfinity(this.gpu, seed);
     const { decoder, weights } = demoDecoder(this.gpu, seed);
     const text = new DemoPromptEncoder(seed);
-    this.replace({ model, decoder, text, info: infoOf('demo', model, decoder, text), owned: weights });
+    this.replace({ family: 'infinity', model, decoder, text, info: infoOf('demo', model, decoder, text), owned: weights });
     return this.pipeline!.info;
+  }
+
+  /** Loads STAR (transformer + VQ-VAE, checked as a pair) and optionally its CLIP text encoder. */
+  async loadStar(o: LoadStarOptions): Promise<ModelInfo> {
+    this.assertAlive();
+    const p = await loadStarPipeline(this.gpu, o, (m) => this.warn(m));
+    const c = p.model.config;
+    const info: ModelInfo = {
+      family: 'star',
+      name: 'star',
+      depth: c.depth,
+      width: c.width,
+      heads: c.heads,
+      chunks: c.depth,
+      ffnHidden: c.ffnWidth,
+      bitsPerToken: 0,
+      vocab: c.vocab,
+      textWidth: c.textWidth,
+      textMaxLen: 77,
+      levels: c.levels,
+      vaeChannels: p.vq.config.codeDim,
+      vaeStride: p.vq.config.stride,
+      textEncoder: p.text?.name ?? null,
+    };
+    this.replace({ ...p, info });
+    return info;
+  }
+
+  /** Loads the pipeline the weights describe: Infinity (T5 text encoder) or STAR (CLIP text encoder). */
+  async load(o: LoadInfinityOptions): Promise<ModelInfo> {
+    const family = await detectFamily(o.model);
+    return family === 'star' ? this.loadStar(o) : this.loadInfinity(o);
   }
 
   /** One generation at a time per engine: they share the GPU's command stream and the loaded model. */
@@ -244,7 +292,8 @@ export class Engine extends EventTarget {
 
   private async run(o: GenerateOptions): Promise<GenerateResult> {
     const p = this.pipeline;
-    if (!p) throw new Error('no model loaded: call loadInfinity() (or loadDemo()) first');
+    if (!p) throw new Error('no model loaded: call load() (or loadDemo()) first');
+    if (p.family === 'star') return this.runStar(p, o);
     const gpu = this.gpu;
     const { config } = p.model;
     const progress = (info: ProgressInfo) => {
@@ -261,7 +310,8 @@ export class Engine extends EventTarget {
     const topK = o.topK ?? 0;
     checkTopP(topP);
     checkTopK(topK);
-    let plans = vanillaPlan(shape.schedule, { cfg: o.cfg ?? 3, tau: o.tau ?? 0.5 });
+    // Infinity-8B (2×2 patchify) samples at τ 1 officially, 2B at 0.5; both at cfg 3.
+    let plans = vanillaPlan(shape.schedule, { cfg: o.cfg ?? 3, tau: o.tau ?? (config.patch === 2 ? 1 : 0.5) });
     if (o.plan) {
       plans = o.plan(plans.map((x) => ({ ...x })));
       validatePlans(plans, shape.schedule);
@@ -336,6 +386,55 @@ export class Engine extends EventTarget {
     }
   }
 
+  private async runStar(p: StarPipeline, o: GenerateOptions): Promise<GenerateResult> {
+    const progress = (info: ProgressInfo) => {
+      o.onProgress?.(info);
+      this.dispatchEvent(new GenerationProgressEvent(info));
+    };
+    const prompts = o.prompt === undefined ? null : typeof o.prompt === 'string' ? [o.prompt] : [...o.prompt];
+    if (prompts && o.textFeatures) throw new Error('give prompts or text features, not both');
+    if (prompts?.length === 0) throw new Error('the prompt list is empty');
+    if (o.negativePrompt !== undefined && o.negativeFeatures) throw new Error('give a negative prompt or negative features, not both');
+    const promptCount = prompts?.length ?? o.textFeatures?.lens.length ?? 1;
+    const { batch, seeds } = resolveBatch(promptCount, o.batch, o.seed);
+    this.gpu.pool.resetPeak();
+    const start = now();
+    const r = await runStar(this.gpu, p, {
+      prompts,
+      ...(o.textFeatures ? { textFeatures: o.textFeatures } : {}),
+      ...(o.negativePrompt !== undefined ? { negativePrompt: o.negativePrompt } : {}),
+      ...(o.negativeFeatures ? { negativeFeatures: o.negativeFeatures } : {}),
+      batch,
+      seeds,
+      ...(o.cfg !== undefined ? { cfg: o.cfg } : {}),
+      ...(o.tau !== undefined ? { tau: o.tau } : {}),
+      ...(o.topK !== undefined ? { topK: o.topK } : {}),
+      ...(o.topP !== undefined ? { topP: o.topP } : {}),
+      ...(o.size !== undefined ? { size: o.size } : {}),
+      ...(o.ratio !== undefined ? { ratio: o.ratio } : {}),
+      ...(o.patchNums ? { patchNums: o.patchNums } : {}),
+      ...(o.plan ? { plan: o.plan } : {}),
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.keepBits ? { keepTokens: true } : {}),
+      ...(o.onScaleImages ? { onScaleImages: o.onScaleImages } : {}),
+      onText: (ms, n) => progress({ phase: 'text', ms, prompts: n }),
+      onScale: (stats, scales) => progress({ phase: 'scale', scales, stats }),
+      onDecode: (ms, images) => progress({ phase: 'decode', ms, images }),
+    });
+    const stats: GenerationStats = {
+      textMs: r.textMs,
+      conditioningMs: r.conditioningMs,
+      scales: r.scales,
+      transformerMs: r.transformerMs,
+      decodeMs: r.decodeMs,
+      totalMs: now() - start,
+      peakBytes: this.gpu.stats().peakBytes,
+    };
+    const result: GenerateResult = { images: r.images, seeds, textLens: r.textLens, template: 1, resolution: r.resolution, schedule: r.schedule, plans: r.plans, stats };
+    if (r.tokens) result.tokens = r.tokens;
+    return result;
+  }
+
   /** Decodes a latent [B, d, h, w] to RGB images. */
   private async decode(decoder: BsqDecoder, latent: Tensor): Promise<RgbImage[]> {
     const image = decoder.decode(latent);
@@ -369,7 +468,8 @@ export class Engine extends EventTarget {
     if (!p) return;
     p.text?.dispose();
     p.model.dispose();
-    for (const t of p.owned) t.dispose();
+    if (p.family === 'star') p.vq.dispose();
+    else for (const t of p.owned) t.dispose();
   }
 
   /** Frees everything; the GPU too when the engine created it. */
@@ -394,9 +494,20 @@ async function withOpen<T>(path: string, use: (ckpt: Checkpoint) => T): Promise<
   }
 }
 
+/**
+ * The family of a transformer checkpoint, from its tensors: 'star' for a STAR transformer, else 'infinity'
+ * (anything else — a VAE, a text encoder, not weights at all — is then named by Infinity's own checks).
+ */
+export async function detectFamily(path: string): Promise<'infinity' | 'star'> {
+  await mustExist(path, 'model file');
+  const kind = await withOpen(path, (ckpt) => detectArchitecture(ckpt.tensors()).kind).catch(() => 'unknown');
+  return kind === 'star' ? 'star' : 'infinity';
+}
+
 function infoOf(name: string, model: InfinityModel, decoder: BsqDecoder, text: PromptEncoder | null): ModelInfo {
   const c = model.config;
   return {
+    family: 'infinity',
     name,
     depth: c.depth,
     width: c.width,
@@ -404,6 +515,7 @@ function infoOf(name: string, model: InfinityModel, decoder: BsqDecoder, text: P
     chunks: c.chunks,
     ffnHidden: c.ffnHidden,
     bitsPerToken: c.bitsPerToken,
+    vocab: 0,
     textWidth: c.textWidth,
     textMaxLen: c.textMaxLen,
     levels: c.levels,

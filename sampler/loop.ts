@@ -23,6 +23,7 @@ import type { InfinityModel } from '../model/infinity/model.js';
 import type { TextInput } from '../model/infinity/text.js';
 import { needsGuidance, validatePlans, type ScalePlan } from './plan.js';
 import { ropeGrid, type Grid } from './schedule.js';
+import { driveScales, type ScaleStats } from './scale_driver.js';
 import { TokenRunner } from './stagevar.js';
 
 /** Philox stream word of scale s's bit draws (other draws, e.g. StageVAR's projections, use streams ≥ 2¹⁶). */
@@ -49,18 +50,7 @@ export interface LoopOptions {
   onLatent?: (scale: number, latent: Tensor) => void | Promise<void>;
 }
 
-export interface ScaleStats {
-  scale: number;
-  grid: Grid;
-  /** Tokens per image of the scale. */
-  tokens: number;
-  run: boolean;
-  branches: ScalePlan['branches'];
-  /** Sequence rows that ran (images × branches). */
-  rows: number;
-  /** Wall time of the scale: forward, sampling and latent update, until the GPU finished. */
-  ms: number;
-}
+export type { ScaleStats } from './scale_driver.js';
 
 export interface LoopResult {
   /** The decoder's input F [B, d, p·H, p·W]; the caller disposes it. */
@@ -93,35 +83,24 @@ export async function runNextScaleLoop(gpu: Gpu, o: LoopOptions): Promise<LoopRe
   try {
     await gpu.sync();
     const conditioningMs = now() - t0;
-    latent = new BitLatent(gpu, { batch, channels: config.vaeChannels, patch: config.patch, finalGrid: schedule[schedule.length - 1] });
-    const stats: ScaleStats[] = [];
+    const F = new BitLatent(gpu, { batch, channels: config.vaeChannels, patch: config.patch, finalGrid: schedule[schedule.length - 1] });
+    latent = F;
     const bits: Int32Array[] = [];
-    let traceMs = 0;
-    for (const plan of plans) {
-      o.signal?.throwIfAborted();
-      const start = now();
-      const tokens = plan.grid[0] * plan.grid[1];
-      if (!plan.run) {
+    const { stats, traceMs } = await driveScales(gpu, plans, {
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.onScale ? { onScale: o.onScale } : {}),
+      skip: () => {
         if (o.keepBits) bits.push(new Int32Array(0));
-        const s: ScaleStats = { scale: plan.scale, grid: plan.grid, tokens, run: false, branches: plan.branches, rows: 0, ms: 0 };
-        stats.push(s);
-        o.onScale?.(s);
-        continue;
-      }
-      const drawn = runScale(gpu, o, gen, latent, plan, runner);
-      latent.addBits(drawn.bits, plan.grid);
-      if (o.keepBits) bits.push((await drawn.bits.read()) as Int32Array);
-      drawn.bits.dispose();
-      await gpu.sync();
-      const s: ScaleStats = { scale: plan.scale, grid: plan.grid, tokens, run: true, branches: plan.branches, rows: drawn.rows, ms: now() - start };
-      stats.push(s);
-      o.onScale?.(s);
-      if (o.onLatent) {
-        const t = now();
-        await o.onLatent(plan.scale, latent.latent);
-        traceMs += now() - t;
-      }
-    }
+      },
+      run: async (plan) => {
+        const drawn = runScale(gpu, o, gen, F, plan, runner);
+        F.addBits(drawn.bits, plan.grid);
+        if (o.keepBits) bits.push((await drawn.bits.read()) as Int32Array);
+        drawn.bits.dispose();
+        return drawn.rows;
+      },
+      ...(o.onLatent ? { trace: (plan: ScalePlan) => o.onLatent!(plan.scale, F.latent) } : {}),
+    });
     const result: LoopResult = { latent, stats, conditioningMs, traceMs };
     if (o.keepBits) result.bits = bits;
     return result;

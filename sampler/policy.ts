@@ -16,7 +16,7 @@
 
 import { readFile } from 'node:fs/promises';
 import { LIMITS } from './plan.js';
-import { alphaKey } from './rank_table.js';
+import { alphaKeyAnyTable } from './rank_table.js';
 
 /** RoPE phases of projected row k: raster cell k of the scale (official) or that of its slot I[k]. */
 export type RpRope = 'first-rows' | 'sampled-slots';
@@ -89,11 +89,43 @@ export const PRESETS: Readonly<Record<string, Policy>> = {
 
 export const PRESET_NAMES: readonly string[] = Object.keys(PRESETS);
 
-/** `--policy` argument: a preset name, or a JSON file. */
-export async function loadPolicy(arg: string): Promise<Policy> {
-  const preset = PRESETS[arg];
+/** Model families with their own presets (scale indices and units differ). */
+export type PolicyFamily = 'infinity' | 'star';
+
+/**
+ * STAR's presets for a schedule of `scales` scales. `stagevar` is StageVAR's STAR port (sen-mao/FasterVAR
+ * STAR-T2I/sample.py, var_drop.py; spec stagevar.md §2.8): the last two scales on the unconditional branch
+ * only (`cfg[-2:] = 0`), random projection + restoration per layer at the last scale with the RoPE phases
+ * of the sampled slots (`freqs_cis[I]`), ranks from STAR's table; no scale skipped. FastVAR has no STAR
+ * settings.
+ */
+export function starPresets(scales: number): Readonly<Record<string, Policy>> {
+  if (!Number.isInteger(scales) || scales < 3) throw new RangeError(`STAR's stagevar preset needs at least 3 scales, got ${scales}`);
+  return {
+    vanilla: PRESETS.vanilla,
+    stagevar: {
+      name: 'stagevar',
+      description: 'StageVAR on STAR (official port): the last two scales on the unconditional branch (CFG 0), per-layer RP + RTR at the last scale (rank table row --alpha, default 0.96, RoPE of the sampled slots)',
+      scales: {
+        [scales - 2]: { cfg: 0 },
+        [scales - 1]: { cfg: 0, tokens: { kind: 'rp', rope: 'sampled-slots' } },
+      },
+    },
+  };
+}
+
+/** The presets of a family (STAR's depend on the schedule's length). */
+export function presetsFor(family: PolicyFamily, scales: number): Readonly<Record<string, Policy>> {
+  return family === 'star' ? starPresets(scales) : PRESETS;
+}
+
+/** `--policy` argument: a preset name of the model's family, or a JSON file. */
+export async function loadPolicy(arg: string, family: PolicyFamily = 'infinity', scales = 0): Promise<Policy> {
+  const presets = family === 'infinity' ? PRESETS : presetsFor(family, scales);
+  const preset = presets[arg];
   if (preset) return preset;
-  if (!arg.toLowerCase().endsWith('.json')) throw new Error(`--policy "${arg}" is neither a preset (${PRESET_NAMES.join(', ')}) nor a .json file`);
+  if (PRESETS[arg]) throw new Error(`--policy ${arg} is an Infinity preset; ${family === 'star' ? 'STAR' : family} has ${Object.keys(presets).join(', ')} (or a .json file)`);
+  if (!arg.toLowerCase().endsWith('.json')) throw new Error(`--policy "${arg}" is neither a preset (${Object.keys(presets).join(', ')}) nor a .json file`);
   let text: string;
   try {
     text = await readFile(arg, 'utf8');
@@ -186,7 +218,7 @@ function parseTokens(source: string, field: string, v: unknown): TokenRule {
     if (v.alpha !== undefined) {
       if (typeof v.alpha !== 'string' && typeof v.alpha !== 'number') throw new PolicyError(source, `${field}.alpha`, 'must be a string such as "0.96"');
       try {
-        rule.alpha = alphaKey(v.alpha);
+        rule.alpha = alphaKeyAnyTable(v.alpha);
       } catch (err) {
         throw new PolicyError(source, `${field}.alpha`, (err as Error).message);
       }

@@ -6,7 +6,7 @@
 
 import type { Branches, ProjectedTokens, ScalePlan, TokenPolicy } from './plan.js';
 import type { FastVarRule, Policy, RpRule, TokenRule } from './policy.js';
-import { DEFAULT_ALPHA, alphaKey, rankOf, rankRatios, SQUARE_SIDES } from './rank_table.js';
+import { DEFAULT_ALPHA, INFINITY_RANKS, alphaKey, SQUARE_SIDES, type RankTable } from './rank_table.js';
 
 /** FastVAR's cached token pruning, resolved for a model (layers clamped to its depth). */
 export interface FastVarTokens {
@@ -30,9 +30,15 @@ export function stageOf(scale: number): Stage {
 }
 
 export interface PolicyContext {
-  /** Block chunks and layers of the model (ranks are per chunk; FastVAR layer ranges are clamped). */
+  /** Block chunks and layers of the model (ranks are per chunk; FastVAR layer ranges are clamped). STAR
+   *  projects per layer: its `chunks` is its depth (chunks of one layer). */
   chunks: number;
   depth: number;
+  /** The family's rank table (default Infinity's) and the model width (STAR's ranks are capped by it). */
+  table?: RankTable;
+  width?: number;
+  /** What one rank applies to, for messages (default 'block chunk'; STAR: 'layer'). */
+  unit?: string;
   /** Rank table row for RP rules without their own alpha/ranks/ratios (`--alpha`; default 0.96). */
   alpha?: string | number;
 }
@@ -45,7 +51,7 @@ export interface AppliedPolicy {
 
 /** Applies a policy to the vanilla plans (one per scale of the schedule) and checks the result. */
 export function applyPolicy(policy: Policy, base: readonly ScalePlan[], ctx: PolicyContext): AppliedPolicy {
-  const alpha = alphaKey(ctx.alpha ?? DEFAULT_ALPHA);
+  const alpha = alphaKey(ctx.alpha ?? DEFAULT_ALPHA, ctx.table ?? INFINITY_RANKS);
   const notes: string[] = [];
   const where = (s: number) => `policy ${policy.name}: scale ${s}`;
   const plans: PolicyPlan[] = base.map((p) => {
@@ -58,7 +64,7 @@ export function applyPolicy(policy: Policy, base: readonly ScalePlan[], ctx: Pol
       plan.cfg = rule.cfg;
       plan.branches = rule.cfg === 0 ? 'uncond' : 'both';
     }
-    if (rule.tokens !== undefined) plan.tokens = resolveTokens(rule.tokens, p, ctx, alpha, `${where(p.scale)} (${stage} stage)`);
+    if (rule.tokens !== undefined) plan.tokens = resolveTokens(rule.tokens, p, base.length, ctx, alpha, `${where(p.scale)} (${stage} stage)`);
     return plan;
   });
   const beyond = Object.keys(policy.scales).map(Number).filter((s) => s >= base.length);
@@ -69,20 +75,23 @@ export function applyPolicy(policy: Policy, base: readonly ScalePlan[], ctx: Pol
   return { plans, notes };
 }
 
-function resolveTokens(rule: TokenRule, p: ScalePlan, ctx: PolicyContext, alpha: string, where: string): PolicyTokens {
+function resolveTokens(rule: TokenRule, p: ScalePlan, scales: number, ctx: PolicyContext, alpha: string, where: string): PolicyTokens {
   if (rule === 'all') return 'all';
   if (rule.kind === 'fastvar') return fastVarTokens(rule, ctx);
-  return rpTokens(rule, p, ctx, alpha, where);
+  return rpTokens(rule, p, scales, ctx, alpha, where);
 }
 
-function rpTokens(rule: RpRule, p: ScalePlan, ctx: PolicyContext, alpha: string, where: string): ProjectedTokens {
+function rpTokens(rule: RpRule, p: ScalePlan, scales: number, ctx: PolicyContext, alpha: string, where: string): ProjectedTokens {
   const tokens = p.grid[0] * p.grid[1];
+  const table = ctx.table ?? INFINITY_RANKS;
+  const width = ctx.width ?? Infinity;
   let ranks: number[];
-  if (rule.ranks) ranks = fitChunks(rule.ranks, ctx.chunks, `${where}: tokens.ranks`);
-  else if (rule.ratios) ranks = fitChunks(rule.ratios, ctx.chunks, `${where}: tokens.ratios`).map((r) => rankOf(r, tokens));
+  if (rule.ranks) ranks = fitChunks(rule.ranks, ctx, `${where}: tokens.ranks`);
+  else if (rule.ratios) ranks = fitChunks(rule.ratios, ctx, `${where}: tokens.ratios`).map((r) => table.rank(r, tokens, width));
   else {
     try {
-      ranks = rankRatios(rule.alpha ?? alpha, p.scale, ctx.chunks).map((r) => rankOf(r, tokens));
+      const key = alphaKey(rule.alpha ?? alpha, table);
+      ranks = table.ratios(key, p.scale, scales, ctx.chunks).map((r) => table.rank(r, tokens, width));
     } catch (err) {
       throw new RangeError(`${where}: tokens: ${(err as Error).message}; give ranks or ratios for it`);
     }
@@ -91,9 +100,9 @@ function rpTokens(rule: RpRule, p: ScalePlan, ctx: PolicyContext, alpha: string,
 }
 
 /** A per-chunk list for a model with `chunks` chunks: its first entries; too few is an error. */
-function fitChunks(list: readonly number[], chunks: number, where: string): number[] {
-  if (list.length < chunks) throw new RangeError(`${where}: ${list.length} entries for a model with ${chunks} block chunks`);
-  return list.slice(0, chunks);
+function fitChunks(list: readonly number[], ctx: PolicyContext, where: string): number[] {
+  if (list.length < ctx.chunks) throw new RangeError(`${where}: ${list.length} entries for a model with ${ctx.chunks} ${ctx.unit ?? 'block chunk'}s`);
+  return list.slice(0, ctx.chunks);
 }
 
 function fastVarTokens(rule: FastVarRule, ctx: PolicyContext): FastVarTokens {
@@ -124,10 +133,10 @@ export function checkPolicyPlans(plans: readonly PolicyPlan[], ctx: PolicyContex
     const t = p.tokens;
     const tokens = p.grid[0] * p.grid[1];
     if (t !== 'all' && t.kind === 'random-projection') {
-      if (t.ranks.length !== ctx.chunks) throw new RangeError(`${at}: ${t.ranks.length} ranks for a model with ${ctx.chunks} block chunks`);
+      if (t.ranks.length !== ctx.chunks) throw new RangeError(`${at}: ${t.ranks.length} ranks for a model with ${ctx.chunks} ${ctx.unit ?? 'block chunk'}s`);
       t.ranks.forEach((r, c) => {
         if (!Number.isInteger(r) || r < 1 || r > tokens) {
-          throw new RangeError(`${at}: rank ${r} of block chunk ${c} must be an integer in 1…${tokens} (the scale's ${p.grid[0]}×${p.grid[1]} tokens)`);
+          throw new RangeError(`${at}: rank ${r} of ${ctx.unit ?? 'block chunk'} ${c} must be an integer in 1…${tokens} (the scale's ${p.grid[0]}×${p.grid[1]} tokens)`);
         }
       });
       if (!prev) throw new RangeError(`${at}: random projection needs an earlier scale that ran, to restore the other tokens from`);

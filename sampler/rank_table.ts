@@ -8,6 +8,7 @@
 // fixture does); one with more maps chunk c to the entry at the same relative depth, floor(c · 8 / chunks).
 
 import { RANK_RATIO_INFINITY } from './rank_table_data.js';
+import { RANK_RATIO_STAR } from './rank_table_star_data.js';
 
 /** Sides of the square template's 1M schedule: scale index i ↔ row 'scale' + SQUARE_SIDES[i]. */
 export const SQUARE_SIDES: readonly number[] = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64];
@@ -19,12 +20,13 @@ export const ALPHAS: readonly string[] = Object.keys(RANK_RATIO_INFINITY);
 export const DEFAULT_ALPHA = '0.96';
 
 /** The table key of an α given as text or number ('0.9', 0.9 and '0.90' all name '0.90'); lists the allowed ones otherwise. */
-export function alphaKey(alpha: string | number): string {
+export function alphaKey(alpha: string | number, table: RankTable = INFINITY_RANKS): string {
   const text = String(alpha).trim();
-  if (ALPHAS.includes(text)) return text;
+  const keys = table.alphas;
+  if (keys.includes(text)) return text;
   const value = Number(text);
-  const found = text !== '' && Number.isFinite(value) ? ALPHAS.find((a) => Math.abs(Number(a) - value) < 1e-9) : undefined;
-  if (found === undefined) throw new RangeError(`alpha ${JSON.stringify(alpha)} has no row in the StageVAR rank table: use one of ${ALPHAS.join(', ')}`);
+  const found = text !== '' && Number.isFinite(value) ? keys.find((a) => Math.abs(Number(a) - value) < 1e-9) : undefined;
+  if (found === undefined) throw new RangeError(`alpha ${JSON.stringify(alpha)} has no row in ${table.name}'s StageVAR rank table: use one of ${keys.join(', ')}`);
   return found;
 }
 
@@ -56,4 +58,61 @@ export function rankOf(ratio: number, tokens: number): number {
 /** Ranks per chunk of scale index `scale` with `tokens` tokens per image. */
 export function tableRanks(alpha: string | number, scale: number, tokens: number, chunks: number): number[] {
   return rankRatios(alpha, scale, chunks).map((ratio) => rankOf(ratio, tokens));
+}
+
+/**
+ * A model family's rank table, as the policy layer uses it: `units` are what one rank applies to (Infinity:
+ * block chunks; STAR: layers), `scale` is an index into a `scales`-long schedule.
+ */
+export interface RankTable {
+  name: string;
+  alphas: readonly string[];
+  ratios(alpha: string, scale: number, scales: number, units: number): number[];
+  /** The rank of one unit at a scale of `tokens` tokens per image on a `width`-wide model. */
+  rank(ratio: number, tokens: number, width: number): number;
+}
+
+export const INFINITY_RANKS: RankTable = {
+  name: 'Infinity',
+  alphas: ALPHAS,
+  ratios: (alpha, scale, _scales, units) => rankRatios(alpha, scale, units),
+  rank: (ratio, tokens) => rankOf(ratio, tokens),
+};
+
+/** The α keys of STAR's table. */
+export const STAR_ALPHAS: readonly string[] = Object.keys(RANK_RATIO_STAR);
+
+/**
+ * STAR's table (StageVAR's STAR port): one row, 'scale64', one ratio per layer, measured at the last scale of
+ * the 1024² model. It applies to the last scale of any STAR schedule (chosen by index, like Infinity's rows);
+ * other scales need ranks or ratios in the policy. A model with fewer layers than the row's 30 uses the first
+ * entries, one with more maps layer l to the entry at the same relative depth. The official port's rank is
+ * int(ratio · min(tokens, width)) + 1: the rank of an M×C map is at most min(M, C).
+ */
+export const STAR_RANKS: RankTable = {
+  name: 'STAR',
+  alphas: STAR_ALPHAS,
+  ratios(alpha, scale, scales, units) {
+    const row = RANK_RATIO_STAR[alphaKey(alpha, STAR_RANKS)].scale64;
+    if (scale !== scales - 1) {
+      throw new RangeError(`STAR's rank table has a row for the last scale only (index ${scales - 1} of this ${scales}-scale schedule), not for scale index ${scale}`);
+    }
+    if (!Number.isInteger(units) || units < 1) throw new RangeError(`layers ${units} must be a positive integer`);
+    if (units <= row.length) return row.slice(0, units);
+    return Array.from({ length: units }, (_, l) => row[Math.floor((l * row.length) / units)]);
+  },
+  rank: (ratio, tokens, width) => Math.floor(ratio * Math.min(tokens, width)) + 1,
+};
+
+/** Canonical key of α in any family's table (policy files are parsed before the model is known). */
+export function alphaKeyAnyTable(alpha: string | number): string {
+  for (const table of [INFINITY_RANKS, STAR_RANKS]) {
+    try {
+      return alphaKey(alpha, table);
+    } catch {
+      // try the next family's table
+    }
+  }
+  const all = [...new Set([...ALPHAS, ...STAR_ALPHAS])].sort((a, b) => Number(b) - Number(a));
+  throw new RangeError(`alpha ${JSON.stringify(alpha)} has no row in any StageVAR rank table: use one of ${all.join(', ')}`);
 }

@@ -67,15 +67,19 @@ export class T5PromptEncoder implements PromptEncoder {
   }
 }
 
+/** Packed features plus, for STAR, each prompt's pooled vector [prompts, width] when the file has it. */
+export type PooledFeatures = TextFeatures & { pooled?: Float32Array };
+
 export interface FeaturesFile {
-  prompts: TextFeatures;
-  /** Features of negative prompts (keys `negative`, `negative_lens`), when the file has them. */
-  negative?: TextFeatures;
+  prompts: PooledFeatures;
+  /** Features of negative prompts (keys `negative`, `negative_lens`, `negative_pooled`), when the file has them. */
+  negative?: PooledFeatures;
 }
 
 /**
  * Reads `--text-features`: a safetensors file with `features` (L, C) (float) and optionally `lens` (B,)
  * (integers summing to L; default one prompt of L tokens), and optionally `negative` / `negative_lens`.
+ * STAR also reads `pooled` (B, C') / `negative_pooled` when present (default: each prompt's last row, its EOS).
  */
 export async function readFeaturesFile(path: string): Promise<FeaturesFile> {
   await mustExist(path, 'text features file');
@@ -86,8 +90,8 @@ export async function readFeaturesFile(path: string): Promise<FeaturesFile> {
       const held = names.length === 0 ? 'nothing' : `${names.slice(0, 4).join(', ')}${names.length > 4 ? `, … (${names.length} tensors)` : ''}`;
       throw new Error(`${path}: no tensor "features" (the file holds ${held}); expected features (L, C) and optionally lens (B,)`);
     }
-    const prompts = await readPacked(file, path, 'features', 'lens');
-    const negative = file.has('negative') ? await readPacked(file, path, 'negative', 'negative_lens') : undefined;
+    const prompts = await readPooled(file, path, await readPacked(file, path, 'features', 'lens'), 'pooled');
+    const negative = file.has('negative') ? await readPooled(file, path, await readPacked(file, path, 'negative', 'negative_lens'), 'negative_pooled') : undefined;
     if (negative && negative.width !== prompts.width) throw new Error(`${path}: negative is ${negative.width} wide but features are ${prompts.width}`);
     return negative ? { prompts, negative } : { prompts };
   } finally {
@@ -96,6 +100,13 @@ export async function readFeaturesFile(path: string): Promise<FeaturesFile> {
 }
 
 type Safetensors = Awaited<ReturnType<typeof openSafetensors>>;
+
+async function readPooled(file: Safetensors, path: string, f: TextFeatures, key: string): Promise<PooledFeatures> {
+  if (!file.has(key)) return f;
+  const shape = file.entry(key).shape;
+  if (shape.length !== 2 || shape[0] !== f.lens.length) throw new Error(`${path}: "${key}" must be (${f.lens.length}, C): one pooled vector per prompt, got [${shape.join(', ')}]`);
+  return { ...f, pooled: await file.readTensorF32(key) };
+}
 const INTEGER_DTYPES = new Set<string>(['I64', 'I32', 'I16', 'I8', 'U64', 'U32', 'U16', 'U8']);
 
 async function readPacked(file: Safetensors, path: string, key: string, lensKey: string): Promise<TextFeatures> {

@@ -1,15 +1,18 @@
-// `stagevar generate`: text → image with Infinity. Every argument is checked before the GPU starts, the
-// files are recognised by their tensors (a VAE given as --model is named as such), progress goes to
-// stderr one line per scale, and PNGs are written only after everything succeeded, atomically
-// (temporary file + rename): an error leaves no output file.
+// `stagevar generate`: text → image with Infinity or STAR (the family comes from --model's tensors). Every
+// argument is checked before the GPU starts, the files are recognised by their tensors (a VAE given as
+// --model is named as such), progress goes to stderr one line per scale, and PNGs are written only after
+// everything succeeded, atomically (temporary file + rename): an error leaves no output file.
 import { mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { Engine, WarningEvent, type GenerateOptions, type GenerateResult, type ProgressInfo } from '../../sampler/engine.js';
+import { Engine, WarningEvent, detectFamily, type GenerateOptions, type GenerateResult, type ProgressInfo } from '../../sampler/engine.js';
 import { SIZE_HELP, checkFeatures, checkLevels, parseNumberList, resolveBatch, resolveShape } from '../../sampler/options.js';
+import type { Grid } from '../../sampler/schedule.js';
 import { checkCfg, checkTau, checkTopK, checkTopP } from '../../sampler/plan.js';
-import { ALPHA_HELP, POLICY_HELP, checkPolicyFlags, type CheckedPolicy } from '../../sampler/policy_cli.js';
+import { ALPHA_HELP, POLICY_HELP, RANKS_HELP, checkPolicyFlags, type CheckedPolicy, type RunShape } from '../../sampler/policy_cli.js';
 import { policyPlanHook, type PolicyContext } from '../../sampler/policy_plan.js';
+import { STAR_DEFAULTS, inspectStarFiles, starPatchNums } from '../../sampler/star_generate.js';
+import { starGrids } from '../../sampler/star_loop.js';
 import { encodePng, indexedPath, writeFilesAtomically, type RgbImage } from '../../sampler/png.js';
 import { mustExist, readFeaturesFile, type FeaturesFile } from '../../sampler/text.js';
 
@@ -22,43 +25,49 @@ export interface GenerateFlags {
   prompt?: string[];
   negative?: string;
   seed?: string;
-  cfg: string;
-  tau: string;
-  topP: string;
-  topK: string;
+  /** Family defaults when absent (Infinity: cfg 3, τ 0.5 (8B: 1), top-p 0.97, top-k 0; STAR: 4.5, 1, 0.8, 600). */
+  cfg?: string;
+  tau?: string;
+  topP?: string;
+  topK?: string;
   size: string;
   ratio: string;
+  /** STAR: scale sides instead of the size's list. */
+  patchNums?: string;
   batch?: string;
   out: string;
   trace?: string;
   quiet?: boolean;
   policy?: string;
   alpha?: string;
+  ranks?: string;
 }
 
 export function register(program: Command): void {
   program
     .command('generate')
-    .description('generate images from text with an Infinity model')
-    .requiredOption('--model <path>', 'Infinity transformer weights (.safetensors, index json, folder or .pth)')
-    .requiredOption('--vae <path>', 'BSQ-VAE weights holding decoder.*')
-    .option('--text-encoder <dir>', 'Flan-T5 folder (config.json + weights) to encode --prompt')
-    .option('--tokenizer <dir>', 'folder of the T5 tokenizer.json (default: the text encoder folder)')
-    .option('--text-features <file>', 'safetensors with features (L, C) [and lens (B,), negative, negative_lens] instead of a text encoder')
+    .description('generate images from text with an Infinity (2B, 8B) or STAR model (the family is read from the weights)')
+    .requiredOption('--model <path>', 'Infinity or STAR transformer weights (.safetensors, index json, folder or .pth)')
+    .requiredOption('--vae <path>', 'Infinity: BSQ-VAE weights holding decoder.*; STAR: the VAR VQ-VAE')
+    .option('--text-encoder <dir>', 'Infinity: Flan-T5 folder (config.json + weights); STAR: CLIP folder (text_encoder/ + tokenizer/)')
+    .option('--tokenizer <dir>', 'tokenizer folder (default: found in or beside the text encoder folder)')
+    .option('--text-features <file>', 'safetensors with features (L, C) [and lens (B,), negative, negative_lens; STAR: pooled, negative_pooled] instead of a text encoder')
     .option('--prompt <text>', 'the prompt; repeat for one prompt per image', collect)
-    .option('--negative <text>', 'negative prompt (replaces the learned unconditional text)')
+    .option('--negative <text>', 'negative prompt (replaces the unconditional text: Infinity\'s learned one, STAR\'s "")')
     .option('--seed <n>', 'seed of the first image; image i uses seed + i (default: random, printed)')
-    .option('--cfg <x>', 'guidance: one value or one per scale, comma-separated (1 = off)', '3')
-    .option('--tau <x>', 'temperature: one value or one per scale', '0.5')
-    .option('--top-p <x>', 'per-bit nucleus mass in (0, 1] (1 = off)', '0.97')
-    .option('--top-k <n>', 'top-k (0 = off; for bits only 1, greedy, changes anything)', '0')
-    .option('--size <n>', `image size class: ${SIZE_HELP}`, '1024')
-    .option('--ratio <H:W>', 'aspect ratio height:width; the nearest of the 15 templates is used', '1:1')
+    .option('--cfg <x>', 'guidance: one value or one per scale, comma-separated (Infinity: default 3, 1 = off; STAR: default 4.5 on the ramp cfg·s/(K−1))')
+    .option('--tau <x>', 'temperature: one value or one per scale (Infinity-2B: default 0.5; 8B and STAR: 1)')
+    .option('--top-p <x>', 'nucleus mass in (0, 1], 1 = off (Infinity: default 0.97 per bit; STAR: 0.8)')
+    .option('--top-k <n>', 'top-k, 0 = off (Infinity: default 0, for bits only 1 changes anything; STAR: 600)')
+    .option('--size <n>', `image size class: ${SIZE_HELP} (STAR: 256, 512, 1024)`, '1024')
+    .option('--ratio <H:W>', 'aspect ratio height:width; the nearest of the 15 templates is used (STAR: 1:1 only)', '1:1')
+    .option('--patch-nums <list>', 'STAR: the scale sides, comma-separated, when the model uses another list than the size\'s')
     .option('--batch <n>', 'images in one pass (default: one per prompt); files out-0.png, out-1.png, …')
     .requiredOption('--out <file.png>', 'output PNG')
     .option('--trace <dir>', 'also write the image decoded after every scale and timings.json there')
     .option('--policy <p>', POLICY_HELP, 'vanilla')
     .option('--alpha <a>', ALPHA_HELP)
+    .option('--ranks <file.json>', RANKS_HELP)
     .option('--quiet', 'no progress output')
     .action(async (flags: GenerateFlags) => {
       await generateCommand(flags);
@@ -70,6 +79,7 @@ function collect(value: string, previous: string[] | undefined): string[] {
 }
 
 interface Checked {
+  family: 'infinity' | 'star';
   options: GenerateOptions;
   /** The per-scale policy (vanilla, stagevar, fastvar or a file), already checked against this run. */
   policy: CheckedPolicy;
@@ -87,26 +97,50 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
   if (f.textFeatures && f.negative !== undefined) throw new Error('--negative needs --text-encoder; with --text-features put the negative prompt in the file as "negative" (L, C)');
   if (f.tokenizer && !f.textEncoder) throw new Error('--tokenizer only applies with --text-encoder');
 
-  const cfg = parseNumberList('--cfg', f.cfg);
+  const family = await detectFamily(f.model);
+  const star = family === 'star';
+  if (!star && f.patchNums !== undefined) throw new Error('--patch-nums applies to STAR models only (Infinity takes its schedule from --size and --ratio)');
+  const cfg = parseNumberList('--cfg', f.cfg ?? String(star ? STAR_DEFAULTS.cfg : 3));
   for (const c of [cfg].flat()) checkCfg(c, '--cfg');
-  const tau = parseNumberList('--tau', f.tau);
-  for (const t of [tau].flat()) checkTau(t, '--tau');
-  const topP = Number(f.topP);
+  const tau = f.tau === undefined ? undefined : parseNumberList('--tau', f.tau);
+  for (const t of [tau ?? []].flat()) checkTau(t, '--tau');
+  const topP = Number(f.topP ?? (star ? STAR_DEFAULTS.topP : 0.97));
   checkTopP(topP);
-  const topK = Number(f.topK);
+  const topK = Number(f.topK ?? (star ? STAR_DEFAULTS.topK : 0));
   checkTopK(topK);
   const size = parseInteger('--size', f.size);
-  const shape = resolveShape(size, f.ratio);
-  for (const [name, v] of [['--cfg', cfg], ['--tau', tau]] as const) {
-    if (Array.isArray(v) && v.length !== shape.schedule.length) {
-      throw new Error(`${name}: ${v.length} values but size ${size} has ${shape.schedule.length} scales (give one value, or one per scale)`);
-    }
-  }
   const seed = f.seed === undefined ? undefined : parseInteger('--seed', f.seed);
   const batch = f.batch === undefined ? undefined : parseInteger('--batch', f.batch, 1);
 
-  const arch = (await Engine.inspectFiles({ model: f.model, vae: f.vae })).model;
-  checkLevels(size, shape.schedule.length, arch.levels);
+  // The files, recognised by their tensors; the run's shape and the model's sizes.
+  let schedule: Grid[];
+  let textWidth: number;
+  let textMaxLen: number;
+  let run: Omit<RunShape, 'schedule' | 'cfg' | 'tau'>;
+  let patchNums: number[] | undefined;
+  let defaultTau = 0.5;
+  if (star) {
+    const arch = (await inspectStarFiles({ model: f.model, vae: f.vae })).model;
+    if (f.ratio.replace(/\s/g, '') !== '1:1' && Number(f.ratio) !== 1) throw new Error(`--ratio ${f.ratio}: STAR generates square images only (use 1:1)`);
+    patchNums = starPatchNums(size, arch.levels, f.patchNums === undefined ? undefined : [parseNumberList('--patch-nums', f.patchNums)].flat());
+    schedule = starGrids(patchNums);
+    [textWidth, textMaxLen] = [arch.text_width, 77];
+    run = { chunks: arch.depth, depth: arch.depth, family: 'star', width: arch.width };
+    defaultTau = STAR_DEFAULTS.tau;
+  } else {
+    const arch = (await Engine.inspectFiles({ model: f.model, vae: f.vae })).model;
+    const shape = resolveShape(size, f.ratio);
+    schedule = shape.schedule;
+    checkLevels(size, schedule.length, arch.levels);
+    [textWidth, textMaxLen] = [arch.text_width, arch.text_max_len];
+    run = { chunks: arch.chunks, depth: arch.depth };
+    if (arch.bits === 4 * arch.vae_codebook_dim) defaultTau = 1; // Infinity-8B (2×2 patchify): τ 1 officially
+  }
+  for (const [name, v] of [['--cfg', cfg], ['--tau', tau]] as const) {
+    if (Array.isArray(v) && v.length !== schedule.length) {
+      throw new Error(`${name}: ${v.length} values but ${star ? 'this run' : `size ${size}`} has ${schedule.length} scales (give one value, or one per scale)`);
+    }
+  }
   if (f.textEncoder) await mustExist(f.textEncoder, 'text encoder folder');
   if (f.tokenizer) await mustExist(f.tokenizer, 'tokenizer folder');
   const out = resolve(f.out);
@@ -115,16 +149,20 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
   if (f.trace && (await stat(f.trace).catch(() => null))?.isFile()) throw new Error(`--trace ${f.trace} is a file; give a folder`);
   const features = f.textFeatures ? await readFeaturesFile(f.textFeatures) : null;
   if (features) {
-    checkFeatures('text features', features.prompts, arch.text_width, arch.text_max_len);
-    if (features.negative) checkFeatures('negative features', features.negative, arch.text_width, arch.text_max_len);
+    checkFeatures('text features', features.prompts, textWidth, textMaxLen);
+    if (features.negative) checkFeatures('negative features', features.negative, textWidth, textMaxLen);
+    if (star && !features.negative) {
+      throw new Error(`--text-features ${f.textFeatures}: STAR's unconditional rows are the CLIP states of "" — add them as "negative" (and "negative_lens"), or use --text-encoder`);
+    }
   }
   resolveBatch(features ? features.prompts.lens.length : f.prompt.length, batch, seed);
   // The policy is validated against this run (ranks vs token counts, CFG order, skips) before any GPU work.
-  const policyContext: PolicyContext = { chunks: arch.chunks, depth: arch.depth };
-  const policy = await checkPolicyFlags({ policy: f.policy, alpha: f.alpha }, { schedule: shape.schedule, cfg, tau, ...policyContext });
-  if (policy.alpha) policyContext.alpha = policy.alpha;
+  const policy = await checkPolicyFlags({ policy: f.policy, alpha: f.alpha, ranks: f.ranks }, { schedule, cfg, tau: tau ?? defaultTau, ...run });
+  const policyContext: PolicyContext = policy.context;
 
-  const options: GenerateOptions = { cfg, tau, topP, topK, size, ratio: f.ratio };
+  const options: GenerateOptions = { cfg, topP, topK, size, ratio: f.ratio };
+  if (tau !== undefined) options.tau = tau;
+  if (patchNums) options.patchNums = patchNums;
   if (seed !== undefined) options.seed = seed;
   if (batch !== undefined) options.batch = batch;
   if (features) {
@@ -134,7 +172,7 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
     options.prompt = f.prompt;
     if (f.negative !== undefined) options.negativePrompt = f.negative;
   }
-  return { options, policy, policyContext, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
+  return { family, options, policy, policyContext, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
 }
 
 function parseInteger(name: string, text: string, min = 0): number {
@@ -152,13 +190,15 @@ export async function generateCommand(flags: GenerateFlags): Promise<GenerateRes
   engine.addEventListener('warning', (e) => process.stderr.write(`warning: ${(e as WarningEvent).message}\n`));
   try {
     const t0 = performance.now();
-    const info = await engine.loadInfinity({
+    const files = {
       model: flags.model,
       vae: flags.vae,
       ...(flags.textEncoder ? { textEncoder: flags.textEncoder } : {}),
       ...(flags.tokenizer ? { tokenizer: flags.tokenizer } : {}),
-    });
-    log(`loaded Infinity (${info.depth} layers, width ${info.width}, ${info.bitsPerToken} bits/token) in ${ms(performance.now() - t0)}`);
+    };
+    const info = checked.family === 'star' ? await engine.loadStar(files) : await engine.loadInfinity(files);
+    const tokens = info.family === 'star' ? `${info.vocab} codes` : `${info.bitsPerToken} bits/token`;
+    log(`loaded ${info.family === 'star' ? 'STAR' : 'Infinity'} (${info.depth} layers, width ${info.width}, ${tokens}) in ${ms(performance.now() - t0)}`);
     const trace: Array<{ scale: number; images: RgbImage[] }> = [];
     const result = await engine.generate({
       ...checked.options,

@@ -24,7 +24,7 @@ export interface StarTextInput {
 export interface StarStep {
   rows: RowRange;
   tokens: number;
-  /** cos/sin [tokens, headDim/2, 2]: token t of every row uses row t. */
+  /** cos/sin [tokens, headDim/2, 2] (token t of every row uses row t) or [rows·tokens, …] (one table per row). */
   rope: Tensor;
   /**
    * The text row whose cross-attention output is added to every row of the step. Upstream's
@@ -117,11 +117,15 @@ export class StarGeneration {
   }
 
   /**
-   * A step of `rows` over tokens of their own (e.g. StageVAR's projected rows): the RoPE table gives their
-   * phases, [tokens, headDim/2, 2] (StarModel.ropeTable), the caller keeps it alive while the step runs.
+   * A step of `rows` over `tokens` tokens of their own (e.g. StageVAR's projected rows): the RoPE table gives
+   * their phases, [tokens, headDim/2, 2] shared by every row or [rows·tokens, headDim/2, 2] one per row
+   * (StarModel.ropeTable, or rows of scaleRope); the caller keeps it alive while the step runs.
    */
-  customStep(rows: RowRange, rope: Tensor, textRow = rows.start): StarStep {
-    return { rows, tokens: rope.shape[0], rope, textRow };
+  customStep(rows: RowRange, rope: Tensor, tokens = rope.shape[0], textRow = rows.start): StarStep {
+    if (rope.shape[0] !== tokens && rope.shape[0] !== rows.count * tokens) {
+      throw new Error(`RoPE table ${rope} fits neither ${tokens} tokens nor ${rows.count}·${tokens} (one table per row)`);
+    }
+    return { rows, tokens, rope, textRow };
   }
 
   dispose(): void {

@@ -181,7 +181,9 @@ export class StarModel {
     const { rows, tokens: L } = step;
     const n = rows.count;
     const xs = x.reshape([n * L, C]);
-    if (step.rope.shape[0] !== L) throw new Error(`step RoPE table ${step.rope} has ${step.rope.shape[0]} tokens, the step ${L}`);
+    // One table for every row ([L, …]) or one per row ([n·L, …]: projected rows at their own sampled slots).
+    const ropeRows = step.rope.shape[0];
+    if (ropeRows !== L && ropeRows !== n * L) throw new Error(`step RoPE table ${step.rope} has ${ropeRows} rows; the step needs ${L} (shared) or ${n}·${L} (one table per row)`);
 
     // Self-attention over the cache of earlier scales plus this step (no mask: all of this scale is visible).
     const h = layerNorm(gpu, xs, { eps });
@@ -189,8 +191,8 @@ export class StarModel {
     const k = linear(gpu, h, w.wk, w.kBias);
     const v = linear(gpu, h, w.wv, w.vBias);
     h.dispose();
-    applyRope(gpu, q, step.rope, { heads: H, rowsPerBatch: L });
-    applyRope(gpu, k, step.rope, { heads: H, rowsPerBatch: L });
+    applyRope(gpu, q, step.rope, { heads: H, rowsPerBatch: ropeRows });
+    applyRope(gpu, k, step.rope, { heads: H, rowsPerBatch: ropeRows });
     l2NormalizeHeads(gpu, q, { heads: H, scale: w.selfScale, out: q });
     l2NormalizeHeads(gpu, k, { heads: H, out: k });
     const kvLen = gen.cache.append(layer, rows, k, v, L);

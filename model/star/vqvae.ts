@@ -127,16 +127,22 @@ export class VarVqvae {
    * `h` is not consumed.
    */
   addScale(fhat: Tensor, si: number, patchNums: readonly number[], h: Tensor): Tensor | null {
+    this.accumulate(fhat, si, patchNums, h);
+    return si === patchNums.length - 1 ? null : this.nextInput(fhat, patchNums[si + 1]);
+  }
+
+  /** f_hat += φ_k(bicubic(h → P×P)) for scale si (h as is at the last scale), in place; h is not consumed. */
+  accumulate(fhat: Tensor, si: number, patchNums: readonly number[], h: Tensor): void {
     const { gpu } = this;
     const K = patchNums.length;
     const P = patchNums[K - 1];
     const [B, D] = fhat.shape;
     if (fhat.rank !== 4 || D !== this.config.codeDim || fhat.shape[2] !== P || fhat.shape[3] !== P) {
-      throw new ShapeError('VarVqvae.addScale', `f_hat ${fhat} must be [B, ${this.config.codeDim}, ${P}, ${P}]`);
+      throw new ShapeError('VarVqvae.accumulate', `f_hat ${fhat} must be [B, ${this.config.codeDim}, ${P}, ${P}]`);
     }
     const pn = patchNums[si];
     if (h.rank !== 4 || h.shape[0] !== B || h.shape[1] !== D || h.shape[2] !== pn || h.shape[3] !== pn) {
-      throw new ShapeError('VarVqvae.addScale', `scale ${si} codes ${h} must be [${B}, ${D}, ${pn}, ${pn}]`);
+      throw new ShapeError('VarVqvae.accumulate', `scale ${si} codes ${h} must be [${B}, ${D}, ${pn}, ${pn}]`);
     }
     const last = si === K - 1;
     const up = last ? h : resize(gpu, h, P, P, 'bicubic');
@@ -147,9 +153,11 @@ export class VarVqvae {
     if (!last) up.dispose();
     gatedResidual(gpu, fhat, mixed, null);
     mixed.dispose();
-    if (last) return null;
-    const next = patchNums[si + 1];
-    return resize(gpu, fhat, next, next, 'area');
+  }
+
+  /** The input of a scale of side pn: area(f_hat → pn×pn) [B, codeDim, pn, pn] (f_hat itself at pn = P). */
+  nextInput(fhat: Tensor, pn: number): Tensor {
+    return resize(this.gpu, fhat, pn, pn, 'area');
   }
 
   /** VQVAE.fhat_to_img: clamp(decoder(post_quant_conv(f_hat)), −1, 1) → [B, 3, H, W]. */

@@ -33,7 +33,7 @@ describe('rank table', () => {
     expect(alphaKey('0.96')).toBe('0.96');
     expect(alphaKey(0.9)).toBe('0.90');
     expect(alphaKey('0.9')).toBe('0.90');
-    for (const bad of ['0.5', 'high', '', 1]) expect(() => alphaKey(bad)).toThrow(/no row in the StageVAR rank table: use one of 0\.999, 0\.99, .*0\.70/);
+    for (const bad of ['0.5', 'high', '', 1]) expect(() => alphaKey(bad)).toThrow(/no row in Infinity's StageVAR rank table: use one of 0\.999, 0\.99, .*0\.70/);
     expect(() => rankRatios('0.96', 9, 8)).toThrow(/no row for scale index 9; it has scale indices 10 \(side 40/);
   });
 });
