@@ -126,19 +126,22 @@ export async function loadPolicy(arg: string, family: PolicyFamily = 'infinity',
   if (preset) return preset;
   if (PRESETS[arg]) throw new Error(`--policy ${arg} is an Infinity preset; ${family === 'star' ? 'STAR' : family} has ${Object.keys(presets).join(', ')} (or a .json file)`);
   if (!arg.toLowerCase().endsWith('.json')) throw new Error(`--policy "${arg}" is neither a preset (${Object.keys(presets).join(', ')}) nor a .json file`);
+  return parsePolicy(await readJsonFile(arg, '--policy'), arg);
+}
+
+/** A JSON file given to a flag; errors name the flag, the file and what went wrong. */
+export async function readJsonFile(path: string, flag: string): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(arg, 'utf8');
+    text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new Error(`--policy ${arg}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new Error(`${flag} ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
-  let value: unknown;
   try {
-    value = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
-    throw new Error(`--policy ${arg}: not valid JSON (${(err as Error).message})`);
+    throw new Error(`${flag} ${path}: not valid JSON (${(err as Error).message})`);
   }
-  return parsePolicy(value, arg);
 }
 
 // ---- validation of policy data -----------------------------------------------------------------

@@ -2,23 +2,11 @@
 // one. Format: { "<α>": { "<scale index>": [ratio per unit] } } — units are block chunks (Infinity) or
 // layers (STAR); ranks follow the family's rule (rank_table.ts). Every error names the file and the field.
 
-import { readFile } from 'node:fs/promises';
+import { readJsonFile } from './policy.js';
 import type { RankTable } from './rank_table.js';
 
 export async function loadRankFile(path: string, family: RankTable): Promise<RankTable> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new Error(`--ranks ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`--ranks ${path}: not valid JSON (${(err as Error).message})`);
-  }
-  return parseRankTable(value, path, family);
+  return parseRankTable(await readJsonFile(path, '--ranks'), path, family);
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -5,13 +5,13 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
 import { decode } from 'fast-png';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { register as registerDemo } from '../../cli/commands/demo.js';
 import { register as registerGenerate } from '../../cli/commands/generate.js';
 import { openSafetensors } from '../../model/weights/safetensors.js';
 import { writeSafetensors } from '../../model/weights/safetensors_writer.js';
+import { runCli } from './run_cli.js';
 import { fixture } from '../helpers.js';
 import { writeProbeVae } from '../sampler/probe_vae.js';
 
@@ -26,29 +26,7 @@ let NARROW: string;
 let LONG: string;
 let NOTES: string;
 
-/** Runs the CLI in-process as bin/stagevar.js does: a thrown error is printed and means exit code 1. */
-async function cli(args: string[]): Promise<{ code: number; stderr: string }> {
-  const program = new Command().name('stagevar').exitOverride();
-  registerGenerate(program);
-  registerDemo(program);
-  const err: string[] = [];
-  const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: unknown) => {
-    err.push(String(chunk));
-    return true;
-  });
-  program.configureOutput({ writeErr: (s) => err.push(s), writeOut: () => undefined });
-  let code = 0;
-  try {
-    await program.parseAsync(['node', 'stagevar', ...args]);
-  } catch (e) {
-    const ce = e as { code?: string; exitCode?: number; message?: string };
-    code = ce.code?.startsWith('commander.') ? (ce.exitCode ?? 1) : 1;
-    if (!ce.code?.startsWith('commander.')) err.push(`stagevar: ${ce.message}\n`);
-  } finally {
-    spy.mockRestore();
-  }
-  return { code, stderr: err.join('') };
-}
+const cli = (args: string[]) => runCli([registerGenerate, registerDemo], args);
 
 const base = (out: string, ...rest: string[]) => ['generate', '--model', MODEL, '--vae', PROBE, '--text-features', FEATURES, '--out', out, '--size', '256', ...rest];
 

@@ -6,12 +6,12 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
 import { decode } from 'fast-png';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { register as registerGenerate } from '../../cli/commands/generate.js';
 import { openSafetensors } from '../../model/weights/safetensors.js';
 import { writeSafetensors } from '../../model/weights/safetensors_writer.js';
+import { runCli } from './run_cli.js';
 import { fixture, rng } from '../helpers.js';
 import { randomStarState } from '../model/star_reference.js';
 
@@ -23,27 +23,7 @@ let MODEL: string; // random STAR transformer with CLIP-tiny's 64-wide text
 let FEATURES: string; // star-tiny's golden text as a features file (with the "" rows as negative)
 let NO_NEGATIVE: string;
 
-async function cli(args: string[]): Promise<{ code: number; stderr: string }> {
-  const program = new Command().name('stagevar').exitOverride();
-  registerGenerate(program);
-  const err: string[] = [];
-  const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: unknown) => {
-    err.push(String(chunk));
-    return true;
-  });
-  program.configureOutput({ writeErr: (s) => err.push(s), writeOut: () => undefined });
-  let code = 0;
-  try {
-    await program.parseAsync(['node', 'stagevar', ...args]);
-  } catch (e) {
-    const ce = e as { code?: string; exitCode?: number; message?: string };
-    code = ce.code?.startsWith('commander.') ? (ce.exitCode ?? 1) : 1;
-    if (!ce.code?.startsWith('commander.')) err.push(`stagevar: ${ce.message}\n`);
-  } finally {
-    spy.mockRestore();
-  }
-  return { code, stderr: err.join('') };
-}
+const cli = (args: string[]) => runCli([registerGenerate], args);
 
 const clip = (out: string, ...rest: string[]) => [
   'generate', '--model', MODEL, '--vae', VQ, '--text-encoder', fixture('clip-tiny'), '--tokenizer', fixture('clip-tokenizer'),

@@ -1,0 +1,26 @@
+// Runs CLI commands in-process as bin/stagevar.js does: stderr captured, a thrown error printed as
+// "stagevar: message" with exit code 1, commander's usage errors with their own code.
+import { Command } from 'commander';
+import { vi } from 'vitest';
+
+export async function runCli(registers: ReadonlyArray<(program: Command) => void>, args: string[]): Promise<{ code: number; stderr: string }> {
+  const program = new Command().name('stagevar').exitOverride();
+  for (const register of registers) register(program);
+  const err: string[] = [];
+  const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: unknown) => {
+    err.push(String(chunk));
+    return true;
+  });
+  program.configureOutput({ writeErr: (s) => err.push(s), writeOut: () => undefined });
+  let code = 0;
+  try {
+    await program.parseAsync(['node', 'stagevar', ...args]);
+  } catch (e) {
+    const ce = e as { code?: string; exitCode?: number; message?: string };
+    code = ce.code?.startsWith('commander.') ? (ce.exitCode ?? 1) : 1;
+    if (!ce.code?.startsWith('commander.')) err.push(`stagevar: ${ce.message}\n`);
+  } finally {
+    spy.mockRestore();
+  }
+  return { code, stderr: err.join('') };
+}
