@@ -16,8 +16,10 @@
 // Head dim, strides, lengths and the varlen/causal/keyMask/bias flags travel in the uniform params, and
 // all loops have runtime bounds: lavapipe compiles this in ~1.5 CPU-seconds per variant, where unrolled
 // head-dim loops or per-key generated code took 8 s to minutes. Variants are only the k/v dtype
-// (f32, or f16/bf16 through packed loads), the query tile and the head-dim capacity (64/128/256, which
-// sizes the private arrays).
+// (f32, or f16/bf16 through packed loads), the query tile, the head-dim capacity (64/128/256, which
+// sizes the private arrays) and the q/output dtype: f32, or f16 for the f16 activation path of
+// `attention` and `attentionVarlen` (needs shader-f16; q is widened on load, scores, softmax statistics
+// and the accumulator stay f32, the output is rounded once).
 // On real GPUs the runtime-indexed private arrays live in (cached) local memory rather than registers;
 // a variant with compile-time head-dim loops (or a subgroup/shared-memory kernel) is the next step there,
 // to be measured on such a GPU.
@@ -58,6 +60,8 @@ const BIAS = 8;
 
 interface Variant {
   kv: KvDType;
+  /** Storage type of q and of the output. */
+  io: 'f32' | 'f16';
   dcap: number;
   /** Queries (= invocations) per workgroup: 64 for long query runs, 16 when there are few queries. */
   bq: number;
@@ -81,7 +85,8 @@ function kvLoad(name: string, kv: KvDType): string {
 const specs = new Map<string, KernelSpec>();
 
 function attentionSpec(v: Variant): KernelSpec {
-  const key = `${v.kv}_d${v.dcap}_q${v.bq}`;
+  const half = v.io === 'f16';
+  const key = `${v.kv}_d${v.dcap}_q${v.bq}${half ? '_f16io' : ''}`;
   const hit = specs.get(key);
   if (hit) return hit;
   const dc4 = v.dcap / 4;
@@ -89,16 +94,16 @@ function attentionSpec(v: Variant): KernelSpec {
   // Row (vec4 index of this head's first element) of key u of the current group of four; past the end
   // of the sequence the last key is re-read, so loads stay in range (its weight is forced to 0).
   const rows = [0, 1, 2, 3].map((u) => `let r${u} = (k0 + min(j + ${u}u, nk - 1u)) * p.c4 + hoff;`).join('\n        ');
-  const code = /* wgsl */ `
-// attention: k/v ${v.kv}, head dim ≤ ${v.dcap}, ${v.bq} queries per workgroup, ${BK} keys per softmax block
+  const code = /* wgsl */ `${half ? 'enable f16;' : ''}
+// attention: k/v ${v.kv}, head dim ≤ ${v.dcap}, ${v.bq} queries per workgroup, ${BK} keys per softmax block${half ? ', q and o f16' : ''}
 struct P { d4: u32, c4: u32, q_len: u32, k_len: u32, q_batch: u32, k_batch: u32, n_seq: u32, flags: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> q: array<vec4<${v.io}>>;
 @group(0) @binding(1) var<storage, read> k: array<${kvElem}>;
 @group(0) @binding(2) var<storage, read> v: array<${kvElem}>;
 @group(0) @binding(3) var<storage, read> seq: array<i32>; // varlen: qStarts then kStarts
 @group(0) @binding(4) var<storage, read> key_mask: array<i32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read_write> o: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> o: array<vec4<${v.io}>>;
 @group(0) @binding(7) var<uniform> p: P;
 
 const BQ: u32 = ${v.bq}u;
@@ -144,7 +149,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var qv: array<vec4<f32>, ${dc4}>;
   var acc: array<vec4<f32>, ${dc4}>;
   for (var d = 0u; d < d4; d++) {
-    qv[d] = q[qb + d] * p.scale;
+    qv[d] = ${half ? 'vec4<f32>(q[qb + d])' : 'q[qb + d]'} * p.scale;
     acc[d] = vec4<f32>(0.0);
   }
   // The running max starts at MASKED (finite) rather than -inf, so exp(m_old - m_new) never sees
@@ -198,7 +203,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 
   let inv = 1.0 / l; // l ≥ 1: the key holding the running max contributes exp(0)
-  for (var d = 0u; d < d4; d++) { o[qb + d] = acc[d] * inv; }
+  for (var d = 0u; d < d4; d++) { o[qb + d] = ${half ? 'vec4<f16>(acc[d] * inv)' : 'acc[d] * inv'}; }
 }`;
   const spec: KernelSpec = { name: `attention_${key}`, code, bindings: ['read', 'read', 'read', 'read', 'read', 'read', 'write'] };
   specs.set(key, spec);
@@ -224,12 +229,17 @@ interface Geometry {
   c: number;
   dcap: number;
   kv: KvDType;
+  io: 'f32' | 'f16';
 }
 
-/** Checks dtypes, channel counts and the head split shared by all launchers. */
-function geometry(kernel: string, q: Tensor, k: Tensor, v: Tensor, heads: number, scale: number): Geometry {
+/**
+ * Checks dtypes, channel counts and the head split shared by all launchers. q is f32, or f16 where the
+ * launcher allows it (`f16Q`, given the device: f16 q needs shader-f16).
+ */
+function geometry(kernel: string, q: Tensor, k: Tensor, v: Tensor, heads: number, scale: number, f16Q: Gpu | null = null): Geometry {
   const shapes = `q ${shapeStr(q.shape)} ${q.dtype}, k ${shapeStr(k.shape)} ${k.dtype}, v ${shapeStr(v.shape)} ${v.dtype}`;
-  if (q.dtype !== 'f32') throw new ShapeError(kernel, `q must be f32 (${shapes})`);
+  if (q.dtype === 'f16' && f16Q && !f16Q.hasF16) throw new ShapeError(kernel, `f16 q needs the shader-f16 feature, which this device lacks (${shapes})`);
+  if (!(q.dtype === 'f32' || (q.dtype === 'f16' && f16Q))) throw new ShapeError(kernel, `q must be f32${f16Q ? ' or f16' : ''} (${shapes})`);
   if (k.dtype !== v.dtype || !(k.dtype === 'f32' || k.dtype === 'f16' || k.dtype === 'bf16')) {
     throw new ShapeError(kernel, `k and v must share one float dtype f32/f16/bf16 (${shapes})`);
   }
@@ -242,13 +252,14 @@ function geometry(kernel: string, q: Tensor, k: Tensor, v: Tensor, heads: number
     throw new ShapeError(kernel, `head dim ${d} must be a multiple of 4 and at most ${DCAPS[DCAPS.length - 1]} (${shapes})`);
   }
   if (!Number.isFinite(scale)) throw new ShapeError(kernel, `scale ${scale} is not finite`);
-  return { heads, d, c, dcap, kv: k.dtype };
+  return { heads, d, c, dcap, kv: k.dtype, io: q.dtype };
 }
 
+/** The output has q's dtype (f32, or f16 on the f16 activation path). */
 function outputFor(kernel: string, gpu: Gpu, q: Tensor, out: Tensor | undefined): Tensor {
-  if (!out) return gpu.empty(q.shape, 'f32', kernel);
-  if (out.dtype !== 'f32' || out.numel !== q.numel) {
-    throw new ShapeError(kernel, `out ${shapeStr(out.shape)} ${out.dtype} must be f32 with the element count of q ${shapeStr(q.shape)}`);
+  if (!out) return gpu.empty(q.shape, q.dtype, kernel);
+  if (out.dtype !== q.dtype || out.numel !== q.numel) {
+    throw new ShapeError(kernel, `out ${shapeStr(out.shape)} ${out.dtype} must be ${q.dtype} (q's dtype) with the element count of q ${shapeStr(q.shape)}`);
   }
   return out;
 }
@@ -298,18 +309,19 @@ function launch(gpu: Gpu, g: Geometry, a: Launch, kernel: string): void {
   const none = placeholder(gpu);
   const params = new Params().u32(g.d / 4, g.c / 4, a.qLen, a.kLen, a.qBatch, a.kBatch, a.nSeq, a.flags).f32(a.scale);
   const bindings = [a.q, a.k, a.v, a.seq ?? none, a.keyMask ?? none, a.bias ?? none, a.out];
-  gpu.run(attentionSpec({ kv: g.kv, dcap: g.dcap, bq }), bindings, params, [ceilDiv(a.maxQ, bq), g.heads, a.nSeq]);
+  gpu.run(attentionSpec({ kv: g.kv, io: g.io, dcap: g.dcap, bq }), bindings, params, [ceilDiv(a.maxQ, bq), g.heads, a.nSeq]);
 }
 
 /**
- * Multi-head attention against a KV cache: q [B, Lq, H·D] f32, k/v [B, Lmax, H·D] (f32, or f16/bf16
- * read through packed loads) of which the first `kvLen` rows are valid. No mask. → [B, Lq, H·D] f32.
+ * Multi-head attention against a KV cache: q [B, Lq, H·D] f32 (or f16 with shader-f16), k/v [B, Lmax, H·D]
+ * (f32, or f16/bf16 read through packed loads) of which the first `kvLen` rows are valid. No mask.
+ * → [B, Lq, H·D] of q's dtype.
  */
 export function attention(gpu: Gpu, q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
   const name = 'attention';
   const shapes = `q ${shapeStr(q.shape)}, k ${shapeStr(k.shape)}, v ${shapeStr(v.shape)}`;
   if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3) throw new ShapeError(name, `q, k, v must be [B, L, H·D] (${shapes})`);
-  const g = geometry(name, q, k, v, opts.heads, opts.scale);
+  const g = geometry(name, q, k, v, opts.heads, opts.scale, gpu);
   const [b, lq] = q.shape;
   const lmax = k.shape[1];
   if (k.shape[0] !== b || v.shape[0] !== b || v.shape[1] !== lmax) throw new ShapeError(name, `batch or cache lengths differ (${shapes})`);
@@ -354,12 +366,15 @@ export interface VarlenOptions {
   out?: Tensor;
 }
 
-/** Packed variable-length attention: q [Nq, H·D], k/v [Nk, H·D]; sequence i's queries see only its keys. */
+/**
+ * Packed variable-length attention: q [Nq, H·D] (f32, or f16 with shader-f16), k/v [Nk, H·D]; sequence i's
+ * queries see only its keys. → [Nq, H·D] of q's dtype.
+ */
 export function attentionVarlen(gpu: Gpu, q: Tensor, k: Tensor, v: Tensor, opts: VarlenOptions): Tensor {
   const name = 'attentionVarlen';
   const shapes = `q ${shapeStr(q.shape)}, k ${shapeStr(k.shape)}, v ${shapeStr(v.shape)}`;
   if (q.rank !== 2 || k.rank !== 2 || v.rank !== 2) throw new ShapeError(name, `q, k, v must be [N, H·D] (${shapes})`);
-  const g = geometry(name, q, k, v, opts.heads, opts.scale);
+  const g = geometry(name, q, k, v, opts.heads, opts.scale, gpu);
   if (v.shape[0] !== k.shape[0]) throw new ShapeError(name, `k and v rows differ (${shapes})`);
   const { qStarts, kStarts } = opts;
   const nSeq = qStarts.length - 1;

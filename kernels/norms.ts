@@ -1,6 +1,8 @@
 // Normalisation family: LayerNorm (affine optional), RMSNorm, AdaLN modulation, gated residual, per-head L2
 // normalisation, GroupNorm (+ fused swish) and row reductions. f32 activations and f32 weights; each launcher
-// has a float64 CPU reference below.
+// has a float64 CPU reference below. layerNorm, adaLayerNorm and l2NormalizeHeads also read and/or write f16
+// activations (`enable f16`, so only when gpu.hasF16): the f16 path of a transformer keeps its residual stream
+// in f32 and feeds the linears f16 norm outputs. Statistics are always f32; f16 is only the storage type.
 //
 // Numerics: variances come from per-thread Welford accumulators merged with Chan's formula (never
 // E[x²] − E[x]², which loses every digit when |mean| ≫ std in f32). The data are also shifted by one of their
@@ -16,6 +18,7 @@
 // GroupNorm, one 4096-element block) fits in a binding, and that a Tensor is one GPUBuffer (maxBufferSize).
 
 import type { Gpu } from '../engine/device.js';
+import { itemSize } from '../engine/dtype.js';
 import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
@@ -37,22 +40,24 @@ function reduceWidth(n: number): number {
 
 interface Bound {
   range: BufferRange;
-  /** Element (f32) offset of the tensor's first value inside the bound range. */
+  /** Element offset (in the tensor's own elements: f32 or f16) of its first value inside the bound range. */
   off: number;
 }
 
-/** Binds an f32 tensor from the storage-offset alignment boundary at or below its start. (So two views packed
+/** Binds an f32 (or f16) tensor from the storage-offset alignment boundary at or below its start. (So two views packed
  *  into one buffer at unaligned offsets, one of them written, may overlap by those few slack bytes, which
  *  WebGPU rejects as aliasing; pooled tensors each have their own buffer.) */
 function bind(gpu: Gpu, t: Tensor): Bound {
   t.assertAlive();
   const align = gpu.limits.minStorageBufferOffsetAlignment;
   const start = t.byteOffset - (t.byteOffset % align);
-  const end = Math.min(t.byteOffset + t.bindingSize, t.buffer.size);
-  return { range: { buffer: t.buffer, offset: start, size: end - start }, off: (t.byteOffset - start) / 4 };
+  // Whole 32-bit words (an f16 view may end mid-word; f32 ends are words already).
+  const end = Math.min(Math.ceil((t.byteOffset + t.bindingSize) / 4) * 4, t.buffer.size);
+  return { range: { buffer: t.buffer, offset: start, size: end - start }, off: (t.byteOffset - start) / itemSize(t.dtype) };
 }
 
-/** Elements of f32 that one binding may span, leaving room for the alignment slack of `bind`. */
+/** Elements of f32 that one binding may span, leaving room for the alignment slack of `bind` (f16 tensors
+ *  use the same element count: half the bytes, so they fit too). */
 function bindingElems(gpu: Gpu): number {
   const device = gpu.limits.maxStorageBufferBindingSize;
   const limit = normsTesting.bindingLimit > 0 ? Math.min(device, normsTesting.bindingLimit) : device;
@@ -92,6 +97,17 @@ function checkF32(kernel: string, ...ts: (Tensor | null | undefined)[]): void {
   for (const t of ts) if (t && t.dtype !== 'f32') throw new ShapeError(kernel, `${t} must be f32`);
 }
 
+/** Activation storage types of the launchers that accept f16 (statistics stay f32 either way). */
+export type NormDType = 'f32' | 'f16';
+
+/** An activation tensor (x or out) of f32, or f16 when the device has shader-f16. */
+function checkActivation(gpu: Gpu, kernel: string, what: string, t: Tensor): NormDType {
+  if (t.dtype === 'f32') return 'f32';
+  if (t.dtype !== 'f16') throw new ShapeError(kernel, `${what} ${t} must be f32 or f16`);
+  if (!gpu.hasF16) throw new ShapeError(kernel, `${what} ${t} is f16, which needs the shader-f16 feature; this device lacks it`);
+  return 'f16';
+}
+
 function lastDim(kernel: string, x: Tensor): number {
   if (x.rank < 1 || x.shape[x.rank - 1] < 1) throw new ShapeError(kernel, `x ${shapeStr(x.shape)} needs rank ≥ 1 and a non-empty last dim`);
   return x.shape[x.rank - 1];
@@ -125,13 +141,27 @@ function rowsPerGroupFor(kernel: string, rows: number, G: number, given: number 
   return rpg;
 }
 
-/** Output tensor: `out` (validated) or a new one. Returns whether out is x itself (in-place variant). */
-function outputFor(gpu: Gpu, kernel: string, x: Tensor, out: Tensor | undefined): { out: Tensor; inPlace: boolean } {
-  if (!out) return { out: gpu.empty(x.shape, 'f32', kernel), inPlace: false };
-  checkF32(kernel, out);
+/**
+ * Output tensor: `out` (validated) or a new one of `dtype` (default f32). Returns whether out is x itself
+ * (in-place variant). `dtypes` lists the output dtypes the launcher accepts.
+ */
+function outputFor(
+  gpu: Gpu,
+  kernel: string,
+  x: Tensor,
+  out: Tensor | undefined,
+  dtype: NormDType = 'f32',
+  dtypes: readonly NormDType[] = ['f32'],
+): { out: Tensor; inPlace: boolean } {
+  if (!out) return { out: gpu.empty(x.shape, dtype, kernel), inPlace: false };
+  if (dtypes.length === 1) checkF32(kernel, out);
+  else if (checkActivation(gpu, kernel, 'out', out) !== dtype) throw new ShapeError(kernel, `out ${out} must be ${dtype} (outDtype)`);
   if (out.numel !== x.numel) throw new ShapeError(kernel, `out ${shapeStr(out.shape)} vs x ${shapeStr(x.shape)}`);
   if (out.buffer === x.buffer) {
-    if (out.byteOffset === x.byteOffset) return { out, inPlace: true };
+    if (out.byteOffset === x.byteOffset) {
+      if (out.dtype !== x.dtype) throw new ShapeError(kernel, `in place needs one dtype: x ${x}, out ${out}`);
+      return { out, inPlace: true };
+    }
     const overlap = out.byteOffset < x.byteOffset + x.byteLength && x.byteOffset < out.byteOffset + out.byteLength;
     if (overlap) throw new ShapeError(kernel, `out ${out} partially overlaps x ${x}: pass x itself (in place) or a separate tensor`);
   }
@@ -173,10 +203,11 @@ fn reduce_wg(li: u32, v: ${type}) -> ${type} {
 
 const MAIN_ARGS = '@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32';
 
-/** Storage declarations: binding 0 is x (read_write when the kernel works in place), then the rest. */
-function declare(names: [string, 'read' | 'write'][]): { code: string; bindings: ('read' | 'write')[] } {
+/** Storage declarations: binding 0 is x (read_write when the kernel works in place), then the rest; element
+ *  type f32 unless a third entry says f16 (then the shader needs `enable f16`). */
+function declare(names: [string, 'read' | 'write', NormDType?][]): { code: string; bindings: ('read' | 'write')[] } {
   const code = names
-    .map(([n, a], i) => `@group(0) @binding(${i}) var<storage, ${a === 'read' ? 'read' : 'read_write'}> ${n}: array<f32>;`)
+    .map(([n, a, t], i) => `@group(0) @binding(${i}) var<storage, ${a === 'read' ? 'read' : 'read_write'}> ${n}: array<${t ?? 'f32'}>;`)
     .join('\n');
   return { code: `${code}\n@group(0) @binding(${names.length}) var<uniform> p: P;`, bindings: names.map(([, a]) => a) };
 }
@@ -195,33 +226,42 @@ interface SegVariant {
   b: boolean;
   inPlace: boolean;
   wg: number;
+  /** Storage types of x and y (y = x when in place); absent means f32. */
+  x?: NormDType;
+  y?: NormDType;
 }
 
 const segSpecs = new Map<string, KernelSpec>();
 function segSpec(v: SegVariant): KernelSpec {
-  const key = `${v.kind}_a${+v.a}_b${+v.b}_ip${+v.inPlace}_wg${v.wg}`;
+  const xt = v.x ?? 'f32';
+  const yt = v.inPlace ? xt : (v.y ?? 'f32');
+  const half = xt === 'f16' || yt === 'f16';
+  const key = `${v.kind}_a${+v.a}_b${+v.b}_ip${+v.inPlace}_wg${v.wg}${half ? `_${xt}_${yt}` : ''}`;
   let spec = segSpecs.get(key);
   if (spec) return spec;
-  const names: [string, 'read' | 'write'][] = [['x', v.inPlace ? 'write' : 'read']];
-  if (!v.inPlace) names.push(['y', 'write']);
-  if (v.a) names.push(['ta', 'read']);
-  if (v.b) names.push(['tb', 'read']);
+  const names: [string, 'read' | 'write', NormDType][] = [['x', v.inPlace ? 'write' : 'read', xt]];
+  if (!v.inPlace) names.push(['y', 'write', yt]);
+  if (v.a) names.push(['ta', 'read', 'f32']);
+  if (v.b) names.push(['tb', 'read', 'f32']);
   const decl = declare(names);
   const y = v.inPlace ? 'x' : 'y';
   const yOff = v.inPlace ? 'p.x_off' : 'p.y_off';
+  // Loads widen f16 to f32, the store rounds once; the f32 source is the same text as without f16 support.
+  const ld = (e: string) => (xt === 'f16' ? `f32(x[${e}])` : `x[${e}]`);
+  const st = (e: string) => (yt === 'f16' ? `f16(${e})` : e);
   const welford = v.kind === 'layer' || v.kind === 'ada';
   // Statistics → `mul` (1/σ, 1/rms or 1/‖x‖) and, for the LayerNorms, `shift` and `mean` (of x − shift).
   const stats = welford
     ? /* wgsl */ `
-  let shift = x[xb];
+  let shift = ${ld('xb')};
   var acc = vec3<f32>(0.0);
-  for (var c = li; c < p.n; c += ${v.wg}u) { acc = welford_add(acc, x[xb + c] - shift); }
+  for (var c = li; c < p.n; c += ${v.wg}u) { acc = welford_add(acc, ${ld('xb + c')} - shift); }
   let st = reduce_wg(li, acc);
   let mean = st.y; // of x − shift
   let mul = inverseSqrt(st.z / f32(p.n) + p.eps);`
     : /* wgsl */ `
   var acc = 0.0;
-  for (var c = li; c < p.n; c += ${v.wg}u) { let t = x[xb + c]; acc += t * t; }
+  for (var c = li; c < p.n; c += ${v.wg}u) { let t = ${ld('xb + c')}; acc += t * t; }
   let ss = reduce_wg(li, acc);
   let mul = ${v.kind === 'rms' ? 'inverseSqrt(ss / f32(p.n) + p.eps)' : '1.0 / max(sqrt(ss), 1e-12)'};`;
   let out: string;
@@ -246,7 +286,7 @@ function segSpec(v: SegVariant): KernelSpec {
       : v.kind === 'l2'
         ? `let hmul = mul${v.a ? ' * ta[p.a_off + (p.seg0 + s) % p.group]' : ''};`
         : '';
-  const code = /* wgsl */ `
+  const code = /* wgsl */ `${half ? 'enable f16;' : ''}
 struct P { segs: u32, n: u32, seg0: u32, group: u32, x_off: u32, y_off: u32, a_off: u32, b_off: u32, eps: f32 }
 ${decl.code}
 ${welford ? WELFORD_WGSL : ''}
@@ -261,11 +301,11 @@ fn main(${MAIN_ARGS}) {
 ${stats}
   ${pre}
   for (var c = li; c < p.n; c += ${v.wg}u) {
-    let t = x[xb + c];
-    ${y}[yb + c] = ${out};
+    let t = ${ld('xb + c')};
+    ${y}[yb + c] = ${st(out)};
   }
 }`;
-  spec = { name: `norm_${v.kind}`, bindings: decl.bindings, code };
+  spec = { name: `norm_${v.kind}${half ? `_${xt}_${yt}` : ''}`, bindings: decl.bindings, code };
   segSpecs.set(key, spec);
   return spec;
 }
@@ -297,26 +337,44 @@ function runSegments(
   });
 }
 
-export interface LayerNormOptions {
+/** Output dtype of the f16-capable launchers: `outDtype`, else `out`'s, else x's. */
+export interface NormOutputOptions {
+  /** Output (same element count); may be x itself (in place). */
+  out?: Tensor;
+  /** f32 or f16 (f16 needs gpu.hasF16). Default: out's dtype, else x's. */
+  outDtype?: NormDType;
+}
+
+/** Validates x (f32/f16) and the output of an f16-capable launcher. */
+function activationIo(gpu: Gpu, kernel: string, x: Tensor, opts: NormOutputOptions): { out: Tensor; inPlace: boolean; xt: NormDType; yt: NormDType } {
+  const xt = checkActivation(gpu, kernel, 'x', x);
+  const yt = opts.outDtype ?? (opts.out?.dtype as NormDType | undefined) ?? xt;
+  if (yt !== 'f32' && yt !== 'f16') throw new ShapeError(kernel, `outDtype must be f32 or f16, got ${String(yt)}`);
+  if (yt === 'f16' && !gpu.hasF16) throw new ShapeError(kernel, `outDtype f16 needs the shader-f16 feature; this device lacks it`);
+  return { ...outputFor(gpu, kernel, x, opts.out, yt, ['f32', 'f16']), xt, yt };
+}
+
+export interface LayerNormOptions extends NormOutputOptions {
   weight?: Tensor | null;
   bias?: Tensor | null;
   /** Default 1e-5 (torch.nn.LayerNorm); Infinity and STAR use 1e-6. */
   eps?: number;
-  /** Output (same element count); may be x itself (in place). */
-  out?: Tensor;
 }
 
-/** LayerNorm over the last dim: (x − mean)/sqrt(var + eps) · weight + bias (biased variance, like PyTorch). */
+/**
+ * LayerNorm over the last dim: (x − mean)/sqrt(var + eps) · weight + bias (biased variance, like PyTorch).
+ * x and out f32 or f16 (statistics in f32), weight and bias f32.
+ */
 export function layerNorm(gpu: Gpu, x: Tensor, opts: LayerNormOptions = {}): Tensor {
   const name = 'layer_norm';
-  checkF32(name, x, opts.weight, opts.bias);
+  checkF32(name, opts.weight, opts.bias);
   const C = lastDim(name, x);
   checkVector(name, 'weight', opts.weight, C, `x ${shapeStr(x.shape)}`);
   checkVector(name, 'bias', opts.bias, C, `x ${shapeStr(x.shape)}`);
   const eps = opts.eps ?? 1e-5;
   checkEps(name, eps);
-  const { out, inPlace } = outputFor(gpu, name, x, opts.out);
-  const v: SegVariant = { kind: 'layer', a: !!opts.weight, b: !!opts.bias, inPlace, wg: reduceWidth(C) };
+  const { out, inPlace, xt, yt } = activationIo(gpu, name, x, opts);
+  const v: SegVariant = { kind: 'layer', a: !!opts.weight, b: !!opts.bias, inPlace, wg: reduceWidth(C), x: xt, y: yt };
   runSegments(gpu, v, x, out, C, { a: opts.weight, b: opts.bias, eps });
   return out;
 }
@@ -341,21 +399,21 @@ export function rmsNorm(gpu: Gpu, x: Tensor, opts: RmsNormOptions = {}): Tensor 
   return out;
 }
 
-export interface AdaLayerNormOptions {
+export interface AdaLayerNormOptions extends NormOutputOptions {
   /** Default 1e-6 (Infinity's fused adaLN). */
   eps?: number;
   /** Rows per scale/shift group; default rows / G. */
   rowsPerGroup?: number;
-  out?: Tensor;
 }
 
 /**
  * AdaLN modulation: x [R, C] (any rank, rows = all dims but the last); scale, shift [G, C] (or [C]).
  * Row r uses g = floor(r / rowsPerGroup): y = LN(x)·(1 + scale_g) + shift_g, LN non-affine.
+ * x and out f32 or f16 (statistics in f32), scale and shift f32.
  */
 export function adaLayerNorm(gpu: Gpu, x: Tensor, scale: Tensor, shift: Tensor, opts: AdaLayerNormOptions = {}): Tensor {
   const name = 'ada_layer_norm';
-  checkF32(name, x, scale, shift);
+  checkF32(name, scale, shift);
   const C = lastDim(name, x);
   const G = groupTable(name, 'scale', scale, C, x.shape);
   if (groupTable(name, 'shift', shift, C, x.shape) !== G) {
@@ -364,30 +422,31 @@ export function adaLayerNorm(gpu: Gpu, x: Tensor, scale: Tensor, shift: Tensor, 
   const rpg = rowsPerGroupFor(name, x.numel / C, G, opts.rowsPerGroup, x.shape);
   const eps = opts.eps ?? 1e-6;
   checkEps(name, eps);
-  const { out, inPlace } = outputFor(gpu, name, x, opts.out);
-  runSegments(gpu, { kind: 'ada', a: true, b: true, inPlace, wg: reduceWidth(C) }, x, out, C, { a: scale, b: shift, group: rpg, eps });
+  const { out, inPlace, xt, yt } = activationIo(gpu, name, x, opts);
+  runSegments(gpu, { kind: 'ada', a: true, b: true, inPlace, wg: reduceWidth(C), x: xt, y: yt }, x, out, C, { a: scale, b: shift, group: rpg, eps });
   return out;
 }
 
-export interface L2NormalizeHeadsOptions {
+export interface L2NormalizeHeadsOptions extends NormOutputOptions {
   heads: number;
   /** Per-head multiplier [H] (e.g. exp(min(scale_mul, ln 100)) for q), or null for 1. */
   scale?: Tensor | null;
-  /** Output; may be x itself (in place). */
-  out?: Tensor;
 }
 
-/** x [R, H·D]: each head's D-vector divided by max(‖x‖₂, 1e-12) (F.normalize), times scale[h]. */
+/**
+ * x [R, H·D]: each head's D-vector divided by max(‖x‖₂, 1e-12) (F.normalize), times scale[h]. x and out
+ * f32 or f16 (the sum of squares in f32), scale f32.
+ */
 export function l2NormalizeHeads(gpu: Gpu, x: Tensor, opts: L2NormalizeHeadsOptions): Tensor {
   const name = 'l2_normalize_heads';
-  checkF32(name, x, opts.scale);
+  checkF32(name, opts.scale);
   const C = lastDim(name, x);
   const H = opts.heads;
   if (!Number.isInteger(H) || H < 1 || C % H !== 0) throw new ShapeError(name, `heads = ${H} must divide the last dim of x ${shapeStr(x.shape)}`);
   checkVector(name, 'scale', opts.scale, H, `heads = ${H}`);
   const D = C / H;
-  const { out, inPlace } = outputFor(gpu, name, x, opts.out);
-  runSegments(gpu, { kind: 'l2', a: !!opts.scale, b: false, inPlace, wg: reduceWidth(D) }, x, out, D, { a: opts.scale, group: H });
+  const { out, inPlace, xt, yt } = activationIo(gpu, name, x, opts);
+  runSegments(gpu, { kind: 'l2', a: !!opts.scale, b: false, inPlace, wg: reduceWidth(D), x: xt, y: yt }, x, out, D, { a: opts.scale, group: H });
   return out;
 }
 

@@ -8,6 +8,8 @@
 // 10000^(−j/16)). Infinity puts the row half first ('rows-first'), STAR the column half ('cols-first').
 // Angles are computed in float64 and cos/sin rounded once to f32. (The PyTorch references compute the
 // ladder and the angle in fp32; at positions ≤ 64 that differs from this table by at most ~4e-6.)
+// x may be f16 (the f16 activation path, needs gpu.hasF16): the pair is widened, rotated in f32 with the
+// f32 table, and rounded back once.
 
 import type { Gpu } from '../engine/device.js';
 import { ShapeError, shapeStr } from '../engine/errors.js';
@@ -18,12 +20,15 @@ import { LINEAR_WORKGROUP } from './wgsl.js';
 
 const WG = 256;
 
-const ROPE: KernelSpec = {
-  name: 'rope',
-  bindings: ['write', 'read'],
-  code: /* wgsl */ `
+/** The kernel for x stored as f32 or f16 (the source for f32 is the one this file always had). */
+function ropeSpec(dtype: 'f32' | 'f16'): KernelSpec {
+  const half = dtype === 'f16';
+  return {
+    name: half ? 'rope_f16' : 'rope',
+    bindings: ['write', 'read'],
+    code: /* wgsl */ `${half ? 'enable f16;' : ''}
 struct P { pairs: u32, row_pairs: u32, head_pairs: u32, rows_per_batch: u32, offset: u32 }
-@group(0) @binding(0) var<storage, read_write> x: array<vec2<f32>>;
+@group(0) @binding(0) var<storage, read_write> x: array<vec2<${dtype}>>;
 @group(0) @binding(1) var<storage, read> table: array<vec2<f32>>; // [L, D/2] of (cos, sin)
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
@@ -36,10 +41,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = (e % p.row_pairs) % p.head_pairs;
   let t = r % p.rows_per_batch + p.offset;
   let cs = table[t * p.head_pairs + i];
-  let v = x[e];
-  x[e] = vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
+  let v = ${half ? 'vec2<f32>(x[e])' : 'x[e]'};
+  x[e] = ${half ? 'vec2<f16>(vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x))' : 'vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x)'};
 }`,
-};
+  };
+}
+const ROPE = { f32: ropeSpec('f32'), f16: ropeSpec('f16') };
 
 export interface RopeOptions {
   heads: number;
@@ -50,14 +57,15 @@ export interface RopeOptions {
 }
 
 /**
- * Rotates x [.., R, H·D] f32 in place: row r's token t = (r mod rowsPerBatch) + tableOffset uses table
+ * Rotates x [.., R, H·D] f32 (or f16 with shader-f16) in place: row r's token t = (r mod rowsPerBatch) + tableOffset uses table
  * [L, D/2, 2] row t; pair i of every head, (x[2i], x[2i+1]) → (x0·cos − x1·sin, x0·sin + x1·cos).
  * Returns x.
  */
 export function applyRope(gpu: Gpu, x: Tensor, table: Tensor, opts: RopeOptions): Tensor {
   const name = 'rope';
   const shapes = `x ${shapeStr(x.shape)} ${x.dtype}, table ${shapeStr(table.shape)} ${table.dtype}`;
-  if (x.dtype !== 'f32' || table.dtype !== 'f32') throw new ShapeError(name, `x and table must be f32 (${shapes})`);
+  if (!(x.dtype === 'f32' || x.dtype === 'f16') || table.dtype !== 'f32') throw new ShapeError(name, `x must be f32 or f16 and table f32 (${shapes})`);
+  if (x.dtype === 'f16' && !gpu.hasF16) throw new ShapeError(name, `f16 x needs the shader-f16 feature, which this device lacks (${shapes})`);
   if (x.rank < 2) throw new ShapeError(name, `x must be [.., R, H·D] (${shapes})`);
   const c = x.shape[x.rank - 1];
   const rows = x.numel / Math.max(c, 1);
@@ -77,7 +85,7 @@ export function applyRope(gpu: Gpu, x: Tensor, table: Tensor, opts: RopeOptions)
   }
   const pairs = x.numel / 2;
   if (pairs === 0) return x;
-  gpu.run(ROPE, [x, table], new Params().u32(pairs, c / 2, d / 2, rowsPerBatch, tableOffset), Math.ceil(pairs / WG));
+  gpu.run(ROPE[x.dtype], [x, table], new Params().u32(pairs, c / 2, d / 2, rowsPerBatch, tableOffset), Math.ceil(pairs / WG));
   return x;
 }
 

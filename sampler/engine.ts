@@ -43,6 +43,10 @@ export interface LoadInfinityOptions {
   tokenizer?: string;
   /** GPU dtype of the transformer's linear weights (default: as stored). */
   linearDtype?: GpuFloat;
+  /** Infinity: the layers' intermediate activations in f16 (needs shader-f16; default f32, the reference path). */
+  activations?: 'f32' | 'f16';
+  /** The self-attention KV cache's storage (default f32; f16 halves it and needs no feature). */
+  cacheDtype?: 'f32' | 'f16';
 }
 
 export interface ModelInfo {
@@ -216,7 +220,12 @@ export class Engine extends EventTarget {
     try {
       const ckpt = await Checkpoint.open(o.model);
       try {
-        model = await InfinityModel.load(this.gpu, ckpt, { vaeChannels: vae.codebook_dim, ...(o.linearDtype ? { linearDtype: o.linearDtype } : {}) });
+        model = await InfinityModel.load(this.gpu, ckpt, {
+          vaeChannels: vae.codebook_dim,
+          ...(o.linearDtype ? { linearDtype: o.linearDtype } : {}),
+          ...(o.activations ? { activations: o.activations } : {}),
+          ...(o.cacheDtype ? { cacheDtype: o.cacheDtype } : {}),
+        });
       } finally {
         await ckpt.close();
       }

@@ -129,7 +129,7 @@ function subModule(model: InfinityModel, part: SubModule, layer: number, xs: Ten
       return y;
     }
     if (part === 'cross') return crossAttentionBranch(gpu, config, w, layer, xs, gen, rows, L);
-    return ffnBranch(gpu, config, w, xs, { scale: sel(m.scale2), shift: sel(m.shift2) }, L);
+    return ffnBranch(gpu, config, w, xs, { scale: sel(m.scale2), shift: sel(m.shift2) }, L, gen.activations);
   } finally {
     for (const v of own) release(v);
   }

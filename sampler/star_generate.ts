@@ -7,6 +7,7 @@ import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
 import { expectArchitecture, type StarArch, type StarVqvaeArch } from '../model/arch.js';
 import { STAR_PATCH_NUMS, checkPatchNums } from '../model/star/config.js';
+import type { KvDType } from '../model/star/kv_cache.js';
 import { StarModel } from '../model/star/model.js';
 import { VarVqvae } from '../model/star/vqvae.js';
 import { Checkpoint } from '../model/weights/checkpoint.js';
@@ -24,6 +25,7 @@ export interface StarPipeline {
   model: StarModel;
   vq: VarVqvae;
   text: ClipPromptEncoder | null;
+  cacheDtype: KvDType;
 }
 
 export interface LoadStarOptions {
@@ -34,6 +36,10 @@ export interface LoadStarOptions {
   /** CLIP text encoder folder (`text_encoder/` + `tokenizer/`, or the encoder folder itself). */
   textEncoder?: string;
   tokenizer?: string;
+  /** STAR has only the f32 activation path; 'f16' is refused with that reason. */
+  activations?: 'f32' | 'f16';
+  /** The self-attention KV cache's storage (default f32). */
+  cacheDtype?: KvDType;
 }
 
 /** Recognises both files by their tensors and checks that they belong together. */
@@ -60,6 +66,7 @@ export async function inspectStarFiles(o: Pick<LoadStarOptions, 'model' | 'vae'>
 }
 
 export async function loadStarPipeline(gpu: Gpu, o: LoadStarOptions, onWarning: (m: string) => void): Promise<StarPipeline> {
+  if (o.activations === 'f16') throw new Error("STAR runs with f32 activations only (the f16 activation path exists for Infinity); its KV cache can be f16 (cacheDtype 'f16')");
   const { model: arch } = await inspectStarFiles(o);
   let model: StarModel | null = null;
   let vq: VarVqvae | null = null;
@@ -73,7 +80,7 @@ export async function loadStarPipeline(gpu: Gpu, o: LoadStarOptions, onWarning: 
         throw new Error(`${o.textEncoder}: the CLIP encoder gives ${text.width}-wide states but the model expects ${arch.text_width} per token and ${arch.pooled_width} pooled (STAR uses SD-2's OpenCLIP-H, 1024)`);
       }
     }
-    return { family: 'star', model, vq, text };
+    return { family: 'star', model, vq, text, cacheDtype: o.cacheDtype ?? 'f32' };
   } catch (err) {
     text?.dispose();
     vq?.dispose();
@@ -211,6 +218,7 @@ export async function runStar(gpu: Gpu, p: StarPipeline, o: StarRunOptions): Pro
       seeds: o.seeds,
       topK,
       topP,
+      cacheDtype: p.cacheDtype,
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.keepTokens ? { keepTokens: true } : {}),
       onScale: (s) => o.onScale?.(s, plans.length),

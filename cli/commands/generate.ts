@@ -41,6 +41,8 @@ export interface GenerateFlags {
   policy?: string;
   alpha?: string;
   ranks?: string;
+  precision?: string;
+  kvCache?: string;
 }
 
 export function register(program: Command): void {
@@ -68,6 +70,8 @@ export function register(program: Command): void {
     .option('--policy <p>', POLICY_HELP, 'vanilla')
     .option('--alpha <a>', ALPHA_HELP)
     .option('--ranks <file.json>', RANKS_HELP)
+    .option('--precision <p>', 'activations: f32 (the reference path) or f16 (Infinity; needs shader-f16)', 'f32')
+    .option('--kv-cache <dtype>', 'KV cache storage: f32 or f16 (half the memory)', 'f32')
     .option('--quiet', 'no progress output')
     .action(async (flags: GenerateFlags) => {
       await generateCommand(flags);
@@ -80,6 +84,8 @@ function collect(value: string, previous: string[] | undefined): string[] {
 
 interface Checked {
   family: 'infinity' | 'star';
+  precision: 'f32' | 'f16';
+  kvCache: 'f32' | 'f16';
   options: GenerateOptions;
   /** The per-scale policy (vanilla, stagevar, fastvar or a file), already checked against this run. */
   policy: CheckedPolicy;
@@ -97,8 +103,11 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
   if (f.textFeatures && f.negative !== undefined) throw new Error('--negative needs --text-encoder; with --text-features put the negative prompt in the file as "negative" (L, C)');
   if (f.tokenizer && !f.textEncoder) throw new Error('--tokenizer only applies with --text-encoder');
 
+  const precision = choice('--precision', f.precision ?? 'f32', ['f32', 'f16'] as const);
+  const kvCache = choice('--kv-cache', f.kvCache ?? 'f32', ['f32', 'f16'] as const);
   const family = await detectFamily(f.model);
   const star = family === 'star';
+  if (star && precision === 'f16') throw new Error('--precision f16: STAR runs with f32 activations only (the f16 path exists for Infinity); --kv-cache f16 works for both');
   if (!star && f.patchNums !== undefined) throw new Error('--patch-nums applies to STAR models only (Infinity takes its schedule from --size and --ratio)');
   const cfg = parseNumberList('--cfg', f.cfg ?? String(star ? STAR_DEFAULTS.cfg : 3));
   for (const c of [cfg].flat()) checkCfg(c, '--cfg');
@@ -172,7 +181,12 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
     options.prompt = f.prompt;
     if (f.negative !== undefined) options.negativePrompt = f.negative;
   }
-  return { family, options, policy, policyContext, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
+  return { family, precision, kvCache, options, policy, policyContext, features, outputs: (count) => (count === 1 ? [out] : Array.from({ length: count }, (_, i) => indexedPath(out, i))) };
+}
+
+function choice<T extends string>(name: string, text: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(text)) throw new Error(`${name} "${text}" is not one of ${allowed.join(', ')}`);
+  return text as T;
 }
 
 function parseInteger(name: string, text: string, min = 0): number {
@@ -195,6 +209,8 @@ export async function generateCommand(flags: GenerateFlags): Promise<GenerateRes
       vae: flags.vae,
       ...(flags.textEncoder ? { textEncoder: flags.textEncoder } : {}),
       ...(flags.tokenizer ? { tokenizer: flags.tokenizer } : {}),
+      activations: checked.precision,
+      cacheDtype: checked.kvCache,
     };
     const info = checked.family === 'star' ? await engine.loadStar(files) : await engine.loadInfinity(files);
     const tokens = info.family === 'star' ? `${info.vocab} codes` : `${info.bitsPerToken} bits/token`;

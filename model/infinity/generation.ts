@@ -1,7 +1,8 @@
 // Per-generation state: the text conditioning (constant for the whole generation), the RoPE table of
 // the schedule, and the KV cache. A ScaleStep says which sequence rows run, how many tokens each row
 // brings and where their RoPE phases start in the table; the model's building blocks take one, so a
-// sampler can run a scale on some rows only, or chunk by chunk on projected rows.
+// sampler can run a scale on some rows only, or chunk by chunk on projected rows. The generation also
+// carries the activation dtype its layers run with (see model.ts, "Precision").
 
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
@@ -11,6 +12,9 @@ import { ropePositions, ropeTable } from './rope.js';
 import { disposeConditioning, type Conditioning } from './text.js';
 
 export type { RowRange } from './kv_cache.js';
+
+/** Storage dtype of the activations that feed and leave the linears (the residual stream is always f32). */
+export type ActivationDType = 'f32' | 'f16';
 
 /** One forward step of some sequence rows over `tokens` new tokens per row. */
 export interface ScaleStep {
@@ -35,6 +39,8 @@ export class Generation {
     /** cos/sin [tokens of the schedule, headDim/2, 2]. */
     readonly rope: Tensor,
     readonly cache: KvCache,
+    /** f16: norm outputs, q/k/v, attention outputs and the FFN hidden are stored as f16 (needs shader-f16). */
+    readonly activations: ActivationDType = 'f32',
   ) {
     this.starts = scaleStarts(schedule);
   }

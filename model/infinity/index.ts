@@ -3,9 +3,9 @@
 
 export { inferInfinityConfig, expectedShapes, type InfinityConfig, type ConfigOptions } from './config.js';
 export { loadInfinityWeights, type InfinityWeights, type LayerWeights, type LoadOptions } from './weights.js';
-export { InfinityModel, type BeginOptions } from './model.js';
-export { Generation, ropeTensor, type ScaleStep, type RowRange } from './generation.js';
-export { KvCache } from './kv_cache.js';
+export { InfinityModel, type BeginOptions, type InfinityModelOptions, type Precision } from './model.js';
+export { Generation, ropeTensor, type ActivationDType, type ScaleStep, type RowRange } from './generation.js';
+export { KvCache, type KvDType } from './kv_cache.js';
 export { encodeText, type Conditioning, type LayerModulation, type TextInput } from './text.js';
 export { BitLatent, type LatentGeometry } from './latent.js';
 export { bitsToCodes, gridToTokens, codeMagnitude, type PatchGeometry } from './patchify.js';

@@ -7,6 +7,10 @@
 //
 // Cosine attention: q and k L2-normalised per head, q times exp(min(scale_mul, ln 100)), softmax scale 1,
 // RoPE after the normalisation; q and v have biases, k only the optional zero buffer.
+//
+// Activation dtype (gen.activations): with 'f16' the norm outputs, q/k/v, the attention outputs and the
+// FFN hidden are f16 tensors (normalised and rotated in place, statistics in f32); the linears that write
+// into the residual stream (proj, ca proj, fc2) output f32, so x and the gated adds stay f32.
 
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
@@ -15,7 +19,7 @@ import { linear } from '../../kernels/matmul.js';
 import { adaLayerNorm, gatedResidual, l2NormalizeHeads, layerNorm } from '../../kernels/norms.js';
 import { applyRope } from '../../kernels/rope.js';
 import type { InfinityConfig } from './config.js';
-import type { Generation, RowRange, ScaleStep } from './generation.js';
+import type { ActivationDType, Generation, RowRange, ScaleStep } from './generation.js';
 import { release, rowsView } from './views.js';
 import type { LayerWeights } from './weights.js';
 
@@ -42,7 +46,7 @@ export function runLayer(gpu: Gpu, config: InfinityConfig, w: LayerWeights, laye
   yc.dispose();
 
   // FFN.
-  const y2 = ffnBranch(gpu, config, w, xs, { scale: s2, shift: b2 }, L);
+  const y2 = ffnBranch(gpu, config, w, xs, { scale: s2, shift: b2 }, L, gen.activations);
   gatedResidual(gpu, xs, y2, g2, group);
   y2.dispose();
   for (const view of views) release(view);
@@ -78,10 +82,11 @@ export function selfAttentionBranch(
   const H = config.heads;
   const { rows } = step;
   const n = rows.count;
-  const h = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L });
-  const q = linear(gpu, h, w.wq, w.qBias);
-  const k = linear(gpu, h, w.wk, w.kBias);
-  const v = linear(gpu, h, w.wv, w.vBias);
+  const act = gen.activations;
+  const h = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L, outDtype: act });
+  const q = linear(gpu, h, w.wq, w.qBias, { outDtype: act });
+  const k = linear(gpu, h, w.wk, w.kBias, { outDtype: act });
+  const v = linear(gpu, h, w.wv, w.vBias, { outDtype: act });
   h.dispose();
   l2NormalizeHeads(gpu, q, { heads: H, scale: w.qScale, out: q });
   l2NormalizeHeads(gpu, k, { heads: H, out: k });
@@ -103,8 +108,9 @@ export function selfAttentionBranch(
 /** The cross-attention branch on xs [n·L, C] before the residual add: affine LN, q, attention to each row's own text, proj. */
 export function crossAttentionBranch(gpu: Gpu, config: InfinityConfig, w: LayerWeights, layer: number, xs: Tensor, gen: Generation, rows: RowRange, L: number): Tensor {
   const n = rows.count;
-  const hc = layerNorm(gpu, xs, { weight: w.caNormW, bias: w.caNormB, eps: config.eps });
-  const qc = linear(gpu, hc, w.caQW, w.caQB);
+  const act = gen.activations;
+  const hc = layerNorm(gpu, xs, { weight: w.caNormW, bias: w.caNormB, eps: config.eps, outDtype: act });
+  const qc = linear(gpu, hc, w.caQW, w.caQB, { outDtype: act });
   hc.dispose();
   const text = textRows(gpu, gen, layer, rows);
   const oc = attentionVarlen(gpu, qc, text.k.tensor, text.v.tensor, {
@@ -121,10 +127,13 @@ export function crossAttentionBranch(gpu: Gpu, config: InfinityConfig, w: LayerW
   return y;
 }
 
-/** The FFN branch on xs [n·L, C] before γ2 and the residual add: AdaLN, fc1 with GELU-tanh, fc2. */
-export function ffnBranch(gpu: Gpu, config: InfinityConfig, w: LayerWeights, xs: Tensor, mod: Modulation, L: number): Tensor {
-  const h2 = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L });
-  const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh' });
+/**
+ * The FFN branch on xs [n·L, C] before γ2 and the residual add: AdaLN, fc1 with GELU-tanh, fc2. `act`: the
+ * dtype of the AdaLN output and the hidden (pass `gen.activations`; default f32). Returns f32.
+ */
+export function ffnBranch(gpu: Gpu, config: InfinityConfig, w: LayerWeights, xs: Tensor, mod: Modulation, L: number, act: ActivationDType): Tensor {
+  const h2 = adaLayerNorm(gpu, xs, mod.scale, mod.shift, { eps: config.eps, rowsPerGroup: L, outDtype: act });
+  const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh', outDtype: act });
   h2.dispose();
   const y = linear(gpu, f, w.fc2W, w.fc2B);
   f.dispose();

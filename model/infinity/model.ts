@@ -10,6 +10,17 @@
 //   model.head(x, gen, step)           → logits [n·tokens, 2·bits] (pair 2j, 2j+1 = bit j is 0, 1)
 //
 // x is [rows·tokens, C] f32 (any leading shape with those rows), rows ordered as step.rows.
+//
+// Precision (load options, overridable per generation in `begin`):
+//   activations 'f32' (default) — the reference path, every intermediate f32.
+//   activations 'f16' — what feeds and leaves the linears of the layers is stored as f16: the LN/AdaLN
+//     outputs, q/k/v (normalised and rotated in place), the attention outputs and the FFN hidden. The
+//     residual stream, every norm/softmax statistic and accumulator, the RoPE table, the text path, the
+//     head and its logits stay f32 (upstream runs its blocks under autocast with fp32 norms and head).
+//     Needs shader-f16: without it `load`/`begin` throw instead of silently running f32 — a fallback would
+//     make memory and parity figures lie about which path ran; check `gpu.hasF16` to choose.
+//   cacheDtype 'f32' (default) or 'f16' — the KV cache's storage, independent of the activations and
+//     portable (no feature needed): f16 halves the cache (11 GB → 5.5 GB for 2B at 1M with CFG).
 
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
@@ -21,15 +32,38 @@ import { Checkpoint } from '../weights/checkpoint.js';
 import type { TensorSource } from '../weights/gpu_load.js';
 import { scaleStarts, type Grid } from '../../sampler/schedule.js';
 import type { InfinityConfig } from './config.js';
-import { Generation, ropeTensor, type RowRange, type ScaleStep } from './generation.js';
-import { KvCache } from './kv_cache.js';
+import { Generation, ropeTensor, type ActivationDType, type RowRange, type ScaleStep } from './generation.js';
+import { KvCache, type KvDType } from './kv_cache.js';
 import { runLayer } from './layer.js';
 import { ropeTable } from './rope.js';
 import { encodeText, type TextInput } from './text.js';
 import { release, rowsView } from './views.js';
 import { loadInfinityWeights, type InfinityWeights, type LoadOptions } from './weights.js';
 
-export interface BeginOptions {
+/** Storage dtypes of a generation (see the header). */
+export interface Precision {
+  activations: ActivationDType;
+  cacheDtype: KvDType;
+}
+
+export interface InfinityModelOptions extends LoadOptions, Partial<Precision> {}
+
+/** `over` on top of `base`, validated against the device. */
+function resolvePrecision(gpu: Gpu, over: Partial<Precision>, base: Precision): Precision {
+  const activations = over.activations ?? base.activations;
+  const cacheDtype = over.cacheDtype ?? base.cacheDtype;
+  if (activations !== 'f32' && activations !== 'f16') throw new Error(`Infinity: activations must be 'f32' or 'f16', got ${String(activations)}`);
+  if (cacheDtype !== 'f32' && cacheDtype !== 'f16') throw new Error(`Infinity: cacheDtype must be 'f32' or 'f16', got ${String(cacheDtype)}`);
+  if (activations === 'f16' && !gpu.hasF16) {
+    throw new Error(
+      `Infinity: activations 'f16' need the WebGPU feature shader-f16, which this device (${gpu.adapter.description || gpu.adapter.device || 'adapter'}) lacks; ` +
+        `use activations 'f32' (cacheDtype 'f16' works without the feature)`,
+    );
+  }
+  return { activations, cacheDtype };
+}
+
+export interface BeginOptions extends Partial<Precision> {
   text: TextInput;
   schedule: readonly Grid[];
   /** Final grid of the aspect template's 1M schedule (`ropeGrid(template)`): RoPE positions live on it. */
@@ -43,18 +77,25 @@ export class InfinityModel {
     readonly gpu: Gpu,
     readonly config: InfinityConfig,
     readonly weights: InfinityWeights,
+    /** Default precision of `begin` (each generation may override it). */
+    readonly precision: Precision,
   ) {}
 
-  /** Loads a checkpoint (file, folder, index or an open source); the architecture comes from its tensors. */
-  static async load(gpu: Gpu, from: string | (TensorSource & { names(): string[] }), options: LoadOptions = {}): Promise<InfinityModel> {
+  /**
+   * Loads a checkpoint (file, folder, index or an open source); the architecture comes from its tensors.
+   * `activations` and `cacheDtype` set the default precision of generations (validated before loading).
+   */
+  static async load(gpu: Gpu, from: string | (TensorSource & { names(): string[] }), options: InfinityModelOptions = {}): Promise<InfinityModel> {
+    const { activations, cacheDtype, ...loadOptions } = options;
+    const precision = resolvePrecision(gpu, { activations, cacheDtype }, { activations: 'f32', cacheDtype: 'f32' });
     if (typeof from !== 'string') {
-      const { config, weights } = await loadInfinityWeights(gpu, from, options);
-      return new InfinityModel(gpu, config, weights);
+      const { config, weights } = await loadInfinityWeights(gpu, from, loadOptions);
+      return new InfinityModel(gpu, config, weights, precision);
     }
     const checkpoint = await Checkpoint.open(from);
     try {
-      const { config, weights } = await loadInfinityWeights(gpu, checkpoint, options);
-      return new InfinityModel(gpu, config, weights);
+      const { config, weights } = await loadInfinityWeights(gpu, checkpoint, loadOptions);
+      return new InfinityModel(gpu, config, weights, precision);
     } finally {
       await checkpoint.close();
     }
@@ -67,14 +108,15 @@ export class InfinityModel {
     return Array.from({ length: n }, (_, j) => c * n + j);
   }
 
-  /** Computes the per-generation constants and allocates the KV cache. */
+  /** Computes the per-generation constants and allocates the KV cache (precision: the model's unless given). */
   begin(options: BeginOptions): Generation {
     const { gpu, config } = this;
+    const precision = resolvePrecision(gpu, options, this.precision);
     const cond = encodeText(gpu, config, this.weights, options.text);
     const tokens = options.cacheTokens ?? scaleStarts(options.schedule).at(-1)!;
-    const cache = new KvCache(gpu, config.depth, cond.rows, config.width, tokens);
+    const cache = new KvCache(gpu, config.depth, cond.rows, config.width, tokens, precision.cacheDtype);
     const rope = ropeTensor(gpu, options.schedule, options.ropeGrid, config.headDim);
-    return new Generation(gpu, options.text.lens.length, cond, options.schedule, rope, cache);
+    return new Generation(gpu, options.text.lens.length, cond, options.schedule, rope, cache, precision.activations);
   }
 
   /** A RoPE table for arbitrary token positions ((row, col) pairs on the template's final 1M grid). */

@@ -11,13 +11,27 @@ import { scheduleFromList, type Grid } from '../../sampler/schedule.js';
 import { type ParityEntry, relMaxError } from '../parity/measure.js';
 import { loadBsqDecoder } from '../vae/load.js';
 import { openSafetensors, type SafetensorsFile } from '../weights/safetensors.js';
-import { InfinityModel } from './model.js';
+import { InfinityModel, type Precision } from './model.js';
 import { runTeacherForced, type TeacherForcedResult } from './teacher_forced.js';
 
 export type { ParityEntry };
 
 /** f32 arithmetic on bf16-exact weights stays far below this; a wrong operation gives 1e-1 or more. */
 export const F32_TOL = 1e-3;
+
+/**
+ * The bar for the f16 paths (f16 activations and/or an f16 KV cache). Each f16 store rounds by ≤ 2⁻¹¹
+ * (4.9e-4) relative, the residual stream and every statistic stay f32, so errors stay near one f16
+ * rounding of the largest values: measured worst 4.8e-4 (infinity-tiny) and 5.0e-4 (infinity8b-tiny)
+ * over logits, hidden, latent and image (model/infinity/README.md). Deeper real models add layers and
+ * outliers, hence 20× room; a wrong operation gives ≥ 1e-1, 10× above the bar.
+ */
+export const F16_TOL = 1e-2;
+
+/** The parity bar for a precision: F32_TOL only when everything is f32. */
+export function parityTolerance(p: Partial<Precision>): number {
+  return (p.activations ?? 'f32') === 'f32' && (p.cacheDtype ?? 'f32') === 'f32' ? F32_TOL : F16_TOL;
+}
 
 export interface InfinityFixture {
   dir: string;
@@ -66,8 +80,9 @@ export async function fixtureInputs(f: InfinityFixture): Promise<FixtureInputs> 
   return { text: await f.golden.readTensorF32('text.kv_compact'), lens, bits };
 }
 
-export function loadFixtureModel(gpu: Gpu, f: InfinityFixture): Promise<InfinityModel> {
-  return InfinityModel.load(gpu, join(f.dir, 'model.safetensors'), f.vaeChannels === undefined ? {} : { vaeChannels: f.vaeChannels });
+/** The fixture's model, with the given precision (default f32 activations and cache). */
+export function loadFixtureModel(gpu: Gpu, f: InfinityFixture, precision: Partial<Precision> = {}): Promise<InfinityModel> {
+  return InfinityModel.load(gpu, join(f.dir, 'model.safetensors'), { ...precision, ...(f.vaeChannels === undefined ? {} : { vaeChannels: f.vaeChannels }) });
 }
 
 /** Compares a teacher-forced result with every golden key it covers. */
@@ -102,10 +117,21 @@ async function compareImage(gpu: Gpu, f: InfinityFixture, result: TeacherForcedR
   }
 }
 
-/** Replays a fixture teacher-forced and compares logits, next-scale inputs, layer outputs and the latent. */
-export async function runInfinityParity(gpu: Gpu, dir: string, options: { collectHidden?: boolean; tol?: number } = {}): Promise<ParityEntry[]> {
+export interface InfinityParityOptions extends Partial<Precision> {
+  collectHidden?: boolean;
+  /** Pass bar; default `parityTolerance(precision)`. */
+  tol?: number;
+}
+
+/**
+ * Replays a fixture teacher-forced and compares logits, next-scale inputs, layer outputs and the latent
+ * (and the decoded image when the fixture has a VAE), on the f32 path or the requested f16 one.
+ */
+export async function runInfinityParity(gpu: Gpu, dir: string, options: InfinityParityOptions = {}): Promise<ParityEntry[]> {
+  const { activations, cacheDtype } = options;
+  const tol = options.tol ?? parityTolerance({ activations, cacheDtype });
   const f = await openInfinityFixture(dir);
-  const model = await loadFixtureModel(gpu, f);
+  const model = await loadFixtureModel(gpu, f, { activations, cacheDtype });
   try {
     const inputs = await fixtureInputs(f);
     const result = await runTeacherForced(gpu, model, {
@@ -117,8 +143,8 @@ export async function runInfinityParity(gpu: Gpu, dir: string, options: { collec
       cfg: f.cfg,
       collectHidden: options.collectHidden ?? true,
     });
-    const entries = await compareWithGolden(f, result, model.config.depth, options.tol);
-    if (f.golden.has('image') && f.vaeChannels !== undefined) entries.push(await compareImage(gpu, f, result, options.tol));
+    const entries = await compareWithGolden(f, result, model.config.depth, tol);
+    if (f.golden.has('image') && f.vaeChannels !== undefined) entries.push(await compareImage(gpu, f, result, tol));
     return entries;
   } finally {
     model.dispose();

@@ -7,9 +7,10 @@ import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { nearestTemplate, ropeGrid, type Grid } from '../../sampler/schedule.js';
 import { BitLatent } from './latent.js';
-import type { InfinityModel } from './model.js';
+import type { InfinityModel, Precision } from './model.js';
 
-export interface TeacherForcedOptions {
+/** `activations` and `cacheDtype` (Precision) override the model's default precision for this replay. */
+export interface TeacherForcedOptions extends Partial<Precision> {
   /** Packed text features of the B prompts [Σ textLens, textWidth] (T5 output, real tokens only). */
   textFeatures: Float32Array | Tensor;
   textLens: readonly number[];
@@ -54,6 +55,8 @@ export async function runTeacherForced(gpu: Gpu, model: InfinityModel, o: Teache
     text: { features: o.textFeatures, lens: o.textLens, guidance: cfgs.some((c) => c !== 1) },
     schedule,
     ropeGrid: ropeGrid(nearestTemplate(o.ratio)),
+    ...(o.activations ? { activations: o.activations } : {}),
+    ...(o.cacheDtype ? { cacheDtype: o.cacheDtype } : {}),
   });
   const latent = new BitLatent(gpu, { batch, channels: config.vaeChannels, patch: config.patch, finalGrid: schedule[schedule.length - 1] });
   const logits: Float32Array[] = [];

@@ -67,13 +67,40 @@ const runners = new Map<FixtureKind, ParityRunner>([
   ['infinity-8b', (gpu, dir) => runInfinityParity(gpu, dir)],
 ]);
 
+/** Storage precision of a parity run (`stagevar parity --precision / --kv-cache`); absent means f32. */
+export interface ParityPrecision {
+  activations?: 'f32' | 'f16';
+  cacheDtype?: 'f32' | 'f16';
+}
+
+/** Runners of the kinds that also run reduced precision (the Infinity transformer's f16 paths). The
+ *  StageVAR replay (sampler/) loads its model itself and has no precision option yet. */
+const precisionRunners = new Map<FixtureKind, (gpu: Gpu, dir: string, precision: ParityPrecision) => Promise<ParityEntry[]>>([
+  ['infinity', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
+  ['infinity-8b', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
+]);
+
 /** Registers the runner of a fixture kind (model families add theirs). */
 export function registerParityRunner(kind: FixtureKind, runner: ParityRunner): void {
   runners.set(kind, runner);
 }
 
-export async function runParity(gpu: Gpu, dir: string, onEntry?: (e: ParityEntry) => void): Promise<{ kind: FixtureKind; entries: ParityEntry[] }> {
+export async function runParity(
+  gpu: Gpu,
+  dir: string,
+  onEntry?: (e: ParityEntry) => void,
+  precision: ParityPrecision = {},
+): Promise<{ kind: FixtureKind; entries: ParityEntry[] }> {
   const kind = detectFixtureKind(dir);
+  const reduced = Object.entries(precision).filter(([, v]) => v !== undefined && v !== 'f32');
+  if (reduced.length > 0) {
+    const runner = precisionRunners.get(kind);
+    if (!runner) {
+      const what = reduced.map(([k, v]) => `${k} ${v}`).join(', ');
+      throw new Error(`parity: ${what} is supported for ${[...precisionRunners.keys()].join(' and ')} fixtures only; ${dir} is a ${kind} fixture (run it without)`);
+    }
+    return { kind, entries: await runner(gpu, dir, precision) };
+  }
   const runner = runners.get(kind);
   if (!runner) throw new Error(`parity: fixture kind "${kind}" has no parity runner yet`);
   return { kind, entries: await runner(gpu, dir, onEntry) };

@@ -114,6 +114,15 @@ describe('stagevar generate (infinity-tiny, --text-features)', () => {
     expect(Buffer.compare(await readFile(out), await readFile(again))).toBe(0); // RP/RTR draws are seeded
   });
 
+  it('runs the f16 activation path with an f16 KV cache (parity of that path: test/model/infinity_f16.test.ts)', async () => {
+    await mkdir(join(scratch, 'f16'));
+    const [a, b] = [join(scratch, 'f16', 'f32.png'), join(scratch, 'f16', 'f16.png')];
+    expect((await cli(base(a, '--seed', '8', '--quiet', '--vae', PROBE))).code).toBe(0);
+    const r = await cli(base(b, '--seed', '8', '--quiet', '--vae', PROBE, '--precision', 'f16', '--kv-cache', 'f16'));
+    expect(r.code, r.stderr).toBe(0);
+    expect(await png(b)).toEqual(await png(a));
+  });
+
   it('writes out-0.png, out-1.png… for a batch, and the per-scale trace with timings', async () => {
     const folder = join(scratch, 'batch');
     await mkdir(folder);
@@ -155,6 +164,8 @@ describe('stagevar generate (infinity-tiny, --text-features)', () => {
       ['top-p above 1', (o) => base(o, '--top-p', '1.5'), /top-p 1.5 is out of range/],
       ['top-p of 0', (o) => base(o, '--top-p', '0'), /top-p 0 is out of range/],
       ['a negative seed', (o) => base(o, '--seed', '-4'), /--seed "-4" must be an integer/],
+      ['an unknown precision', (o) => base(o, '--precision', 'f64'), /--precision "f64" is not one of f32, f16/],
+      ['an unknown KV cache dtype', (o) => base(o, '--kv-cache', 'bf16'), /--kv-cache "bf16" is not one of f32, f16/],
       ['a prompt with --text-features', (o) => base(o, '--prompt', 'a cat'), /--prompt cannot be used with --text-features/],
       ['no text source', (o) => ['generate', '--model', MODEL, '--vae', VAE, '--out', o], /exactly one of --text-encoder/],
       ['features of the wrong width', (o) => ['generate', '--model', MODEL, '--vae', PROBE, '--text-features', NARROW, '--out', o, '--size', '256'], /text features are 64 wide but the model expects 256/],

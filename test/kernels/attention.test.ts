@@ -157,6 +157,75 @@ describe(`attention (seed ${runSeed})`, () => {
     expectClose(await out.read(), ref, { ...TOL, what: `${dtype} cache` });
   });
 
+  // f16 q and output (the f16 activation path; shader-f16): q is widened on load, scores, softmax and the
+  // accumulator stay f32, the output is rounded once. The reference sees the f16-rounded q, k, v, so on top
+  // of the f32 bound (TOL; 5e-5 absolute for cosine attention, see above) only that rounding is new:
+  // ≤ 2⁻¹¹ = 4.9e-4 relative, so rtol 1e-3; outputs near 0 round by ≤ 2⁻²⁵ absolute (inside atol).
+  describe('f16 q and output', () => {
+    const F16 = { rtol: 1e-3, atol: 5e-5 };
+    const half = (x: Float32Array) => f32ToF16Array(x);
+
+    it.each([
+      // [B, H, D, Lq, Lmax, kvLen, cache dtype]
+      [1, 1, 64, 1, 1, 1, 'f16'],
+      [2, 3, 64, 17, 40, 33, 'f16'],
+      [1, 2, 128, 130, 100, 65, 'f32'],
+      [2, 2, 128, 70, 20, 20, 'f16'],
+    ] as [number, number, number, number, number, number, 'f32' | 'f16'][])('attention B %i, H %i, D %i, Lq %i, Lmax %i, kvLen %i, %s cache (cosine, q·100)', async (b, h, d, lq, lmax, kvLen, kv) => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) {
+        return expect(() => attention(gpu, gpu.empty([1, 1, 64], 'f16'), gpu.empty([1, 1, 64], 'f16'), gpu.empty([1, 1, 64], 'f16'), { heads: 1, scale: 1 })).toThrow(/f16 q needs the shader-f16 feature/);
+      }
+      const rand = rng(runSeed + b * 1000 + lq * 7 + kvLen + 5);
+      const c = h * d;
+      // Infinity's self-attention: unit k, q scaled by up to 100, softmax scale 1.
+      const q = roundThrough('f16', unitHeads(randn(b * lq * c, rand), c, h, 100));
+      const k = roundThrough('f16', unitHeads(randn(b * lmax * c, rand), c, h));
+      const v = roundThrough('f16', randn(b * lmax * c, rand));
+      for (let bi = 0; bi < b; bi++) v.fill(1e4, (bi * lmax + kvLen) * c, (bi + 1) * lmax * c); // rows past kvLen must not be read
+      const upKv = (x: Float32Array) => (kv === 'f16' ? gpu.upload(half(x), [b, lmax, c], 'f16') : gpu.upload(x, [b, lmax, c], 'f32'));
+      const out = poisoned(gpu, [b, lq, c], 'f16');
+      attention(gpu, gpu.upload(half(q), [b, lq, c], 'f16'), upKv(k), upKv(v), { heads: h, scale: 1, kvLen, out });
+      const seqs = Array.from({ length: b }, (_, i) => ({ q0: i * lq, nq: lq, k0: i * lmax, nk: kvLen }));
+      expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale: 1, seqs }), { ...F16, what: `attention f16 q, ${kv} cache` });
+    });
+
+    it.each([
+      [2, 128, [1, 1, 1], [5, 33, 17]],
+      [3, 64, [20, 0, 70], [9, 1, 40]],
+      [2, 128, [17, 33], [77, 512]],
+    ] as [number, number, number[], number[]][])('attentionVarlen H %i, D %i, queries %j, keys %j (f32 text K/V)', async (h, d, qLens, kLens) => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      const rand = rng(runSeed + qLens.length * 37 + kLens[0] + 6);
+      const c = h * d;
+      const starts = (lens: number[]) => lens.reduce((a, n) => [...a, a[a.length - 1] + n], [0]);
+      const qStarts = starts(qLens);
+      const kStarts = starts(kLens);
+      const nq = qStarts[qStarts.length - 1];
+      const nk = kStarts[kStarts.length - 1];
+      const q = roundThrough('f16', randn(nq * c, rand));
+      const k = randn(nk * c, rand);
+      const v = randn(nk * c, rand);
+      const scale = 1 / Math.sqrt(d);
+      const out = poisoned(gpu, [nq, c], 'f16');
+      attentionVarlen(gpu, gpu.upload(half(q), [nq, c], 'f16'), gpu.upload(k, [nk, c], 'f32'), gpu.upload(v, [nk, c], 'f32'), { heads: h, scale, qStarts, kStarts, out });
+      const seqs = qLens.map((n, i) => ({ q0: qStarts[i], nq: n, k0: kStarts[i], nk: kLens[i] }));
+      expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale, seqs }), { ...F16, what: 'varlen f16 q' });
+    });
+
+    it('the output takes q\'s dtype; attentionMasked stays f32-only', async () => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      const q = gpu.empty([1, 4, 64], 'f16');
+      const k = gpu.empty([1, 4, 64], 'f32');
+      expect(() => attention(gpu, q, k, k, { heads: 1, scale: 1, out: gpu.empty([1, 4, 64], 'f32') })).toThrow(/attention: out .* must be f16 \(q's dtype\)/);
+      expect(() => attentionMasked(gpu, q, k, k, { heads: 1, scale: 1 })).toThrow(/attentionMasked: q must be f32 \(/);
+      expect(() => attention(gpu, gpu.empty([1, 4, 64], 'bf16'), k, k, { heads: 1, scale: 1 })).toThrow(/attention: q must be f32 or f16/);
+      await gpu.sync();
+    });
+  });
+
   it.each([
     // [heads, D, query lengths, key lengths]
     [1, 64, [1], [1]],

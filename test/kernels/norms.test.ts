@@ -1,4 +1,5 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import type { Gpu } from '../../engine/device.js';
 import { ShapeError } from '../../engine/errors.js';
 import {
   adaLayerNorm,
@@ -18,6 +19,7 @@ import {
   rowReduce,
   rowReduceRef,
 } from '../../kernels/norms.js';
+import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { expectClose, poisoned, randn, randomArray, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 afterAll(releaseTestGpu);
@@ -384,6 +386,109 @@ describe(`norms (seed ${runSeed})`, () => {
       const out = poisoned(gpu, [333]);
       rowReduce(gpu, gpu.upload(x, [333, 17], 'f32'), 'max', { out });
       expectClose(await out.read(), rowReduceRef(x, 17, 'max'), { rtol: 0, atol: 0, what: 'max split' });
+    });
+  });
+
+  // f16 activations (the f16 path of Infinity): layerNorm / adaLayerNorm read f32 and write f16, and also
+  // read f16; l2NormalizeHeads works in place on f16. References run in float64 on exactly the values the
+  // GPU reads (f16 inputs rounded on the host first). Tolerance: the f32 statistics keep the F32 bound
+  // (≤ 1e-5 relative + 1e-5 absolute, see above); rounding the output to f16 adds ≤ 2⁻¹¹ = 4.9e-4 relative,
+  // so rtol 1e-3 (2× room) and atol 1e-5 + 6e-8 (half of f16's subnormal step 2⁻²⁴ for outputs near 0).
+  // A kernel that kept f32 or dropped the shift would still pass these; one that misread the packed halves
+  // (wrong offset, wrong half) is off by O(1).
+  describe('f16 activations (shader-f16)', () => {
+    const F16 = { rtol: 1e-3, atol: 1e-5 + 6e-8 };
+    const f16 = (gpu: Gpu, v: Float32Array, shape: number[]) => gpu.upload(f32ToF16Array(v), shape, 'f16');
+
+    it('without shader-f16 the f16 forms throw a ShapeError naming the feature', async () => {
+      const gpu = await testGpu();
+      if (gpu.hasF16) return; // covered by test/model/infinity_f16.test.ts on a device created without the feature
+      const x = gpu.upload(data(8, rng(runSeed)), [2, 4], 'f32');
+      expect(() => layerNorm(gpu, x, { outDtype: 'f16' })).toThrow(/layer_norm: .*shader-f16/);
+    });
+
+    for (const shape of [[1, 1], [3, 7], [2, 257], [5, 2048], [1000, 33]]) {
+      it(`layerNorm ${JSON.stringify(shape)} f32 → f16 (weight+bias) and f16 → f16`, async () => {
+        const gpu = await testGpu();
+        if (!gpu.hasF16) return;
+        const rand = rng(runSeed + numel(shape) + 91);
+        const C = shape[1];
+        const x = data(numel(shape), rand);
+        const w = randomArray(C, rand, 0.5, 2);
+        const b = randomArray(C, rand, -1, 1);
+        const out = poisoned(gpu, shape, 'f16');
+        layerNorm(gpu, gpu.upload(x, shape, 'f32'), { weight: gpu.upload(w, [C], 'f32'), bias: gpu.upload(b, [C], 'f32'), eps: 1e-6, outDtype: 'f16', out });
+        expectClose(await out.read(), layerNormRef(x, C, w, b, 1e-6), { ...F16, what: 'layerNorm f32 → f16' });
+        const xh = roundThrough('f16', x);
+        const y = layerNorm(gpu, f16(gpu, xh, shape), { eps: 1e-6 });
+        expect(y.dtype).toBe('f16'); // the output defaults to x's dtype
+        expectClose(await y.read(), layerNormRef(xh, C, null, null, 1e-6), { ...F16, what: 'layerNorm f16 → f16' });
+      });
+    }
+
+    it.each([
+      [1, 1, 1, undefined],
+      [10, 257, 2, 5],
+      [7, 64, 3, 3],
+      [6, 2048, 2, undefined],
+      [1000, 33, 4, 250],
+    ] as [number, number, number, number | undefined][])('adaLayerNorm R=%i C=%i G=%i rowsPerGroup=%s, f32 → f16', async (R, C, G, rpg) => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      const rand = rng(runSeed + R * C + G + 92);
+      const x = data(R * C, rand);
+      const scale = randomArray(G * C, rand, -0.5, 0.5);
+      const shift = randomArray(G * C, rand, -1, 1);
+      const out = poisoned(gpu, [R, C], 'f16');
+      adaLayerNorm(gpu, gpu.upload(x, [R, C], 'f32'), gpu.upload(scale, [G, C], 'f32'), gpu.upload(shift, [G, C], 'f32'), { rowsPerGroup: rpg, out });
+      expectClose(await out.read(), adaLayerNormRef(x, C, scale, shift, rpg ?? R / G, 1e-6), { ...F16, what: 'adaLN f32 → f16' });
+    });
+
+    it('adaLayerNorm: f16 output into an unaligned row view (odd half offset), offset inputs, forced split', async () => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      normsTesting.bindingLimit = 2048;
+      const rand = rng(runSeed + 93);
+      const [R, C, G] = [12, 45, 2];
+      const x = data(R * C, rand, 'offset');
+      const scale = randomArray(G * C, rand, -0.5, 0.5);
+      const shift = randomArray(G * C, rand, -1, 1);
+      // Rows 1..R of an f16 [R + 2, 45] tensor: the view starts 90 bytes in (mid-word, not 16-byte aligned).
+      const big = poisoned(gpu, [R + 2, C], 'f16');
+      adaLayerNorm(gpu, gpu.upload(x, [R, C], 'f32'), gpu.upload(scale, [G, C], 'f32'), gpu.upload(shift, [G, C], 'f32'), { rowsPerGroup: R / G, out: big.rows(1, R) });
+      const got = await big.read();
+      expectClose(got.subarray(C, (R + 1) * C), adaLayerNormRef(x, C, scale, shift, R / G, 1e-6), { ...F16, what: 'adaLN view' });
+      // The rows around the view stay poisoned: nothing was written outside it.
+      expect([...got.subarray(0, C), ...got.subarray((R + 1) * C)].every(Number.isNaN)).toBe(true);
+    });
+
+    it.each([
+      // R, H, D, scaled
+      [1, 1, 1, false],
+      [3, 2, 3, true],
+      [7, 16, 64, true],
+      [5, 2, 128, false],
+      [1000, 2, 33, true],
+    ] as [number, number, number, boolean][])('l2NormalizeHeads R=%i H=%i D=%i scale=%s, f16 in place', async (R, H, D, scaled) => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      const rand = rng(runSeed + R * H + D + 94);
+      const x = roundThrough('f16', data(R * H * D, rand));
+      // Scales up to 100 (Infinity's cosine-attention q): outputs up to 100, still 2⁻¹¹ relative in f16.
+      const scale = scaled ? randomArray(H, rand, 1, 100) : null;
+      const xt = f16(gpu, x, [R, H * D]);
+      const y = l2NormalizeHeads(gpu, xt, { heads: H, scale: scale && gpu.upload(scale, [H], 'f32'), out: xt });
+      expect(y).toBe(xt);
+      expectClose(await xt.read(), l2NormalizeHeadsRef(x, H * D, H, scale), { ...F16, what: 'l2 heads f16' });
+    });
+
+    it('rejects f16 in place into f32, and outDtype that contradicts out', async () => {
+      const gpu = await testGpu();
+      if (!gpu.hasF16) return;
+      const x = gpu.upload(data(16, rng(runSeed + 95)), [2, 8], 'f32');
+      expect(() => layerNorm(gpu, x, { out: gpu.empty([2, 8], 'f16'), outDtype: 'f32' })).toThrow(/layer_norm: out .* must be f32 \(outDtype\)/);
+      expect(() => l2NormalizeHeads(gpu, x, { heads: 2, out: x, outDtype: 'f16' })).toThrow(/l2_normalize_heads: out .* must be f16/);
+      expect(() => adaLayerNorm(gpu, gpu.empty([2, 8], 'bf16'), gpu.empty([8], 'f32'), gpu.empty([8], 'f32'))).toThrow(/ada_layer_norm: x .* must be f32 or f16/);
     });
   });
 

@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { ShapeError } from '../../engine/errors.js';
+import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { applyRope, applyRopeRef, rope2dAngles, rope2dTable } from '../../kernels/rope.js';
 import { expectClose, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
@@ -140,6 +141,28 @@ describe(`rope (seed ${runSeed})`, () => {
     expectClose(await xt.read(), want, { ...TOL, what: 'rope 2d' });
   });
 
+  // f16 x (the f16 activation path; shader-f16): each pair is widened, rotated in f32 and rounded once, so
+  // on top of TOL the output carries one f16 rounding, ≤ 2⁻¹¹ = 4.9e-4 relative (rtol 1e-3), or half the
+  // subnormal step 2⁻²⁴ for outputs near 0 (inside atol 1e-6). The reference sees the f16-rounded input.
+  it.each([
+    [1, 1, 4, 1, 0, 1],
+    [7, 3, 64, 7, 2, 9],
+    [33, 3, 128, 11, 0, 40],
+    [300, 1, 128, 150, 17, 200],
+  ])('f16 x: R %i, H %i, D %i, rowsPerBatch %i, offset %i, table rows %i', async (r, h, d, rowsPerBatch, tableOffset, l) => {
+    const gpu = await testGpu();
+    const xt0 = gpu.empty([1, 4], 'f16');
+    if (!gpu.hasF16) return expect(() => applyRope(gpu, xt0, gpu.empty([1, 2, 2], 'f32'), { heads: 1 })).toThrow(/rope: f16 x needs the shader-f16 feature/);
+    const rand = rng(runSeed + r * 37 + d + 1);
+    const c = h * d;
+    // Values up to ~100 in magnitude (Infinity's scaled cosine q), still exact f16 inputs.
+    const x = roundThrough('f16', randn(r * c, rand, 30));
+    const table = randomTable(l, d / 2, rand);
+    const xt = gpu.upload(f32ToF16Array(x), [r, c], 'f16');
+    expect(applyRope(gpu, xt, gpu.upload(table, [l, d / 2, 2], 'f32'), { heads: h, rowsPerBatch, tableOffset })).toBe(xt);
+    expectClose(await xt.read(), applyRopeRef(x, table, c, { heads: h, rowsPerBatch, tableOffset }), { rtol: 1e-3, atol: 1e-6, what: 'rope f16' });
+  });
+
   it('rejects bad shapes with ShapeError naming the kernel and shapes', async () => {
     const gpu = await testGpu();
     const x = gpu.empty([4, 128], 'f32');
@@ -149,7 +172,8 @@ describe(`rope (seed ${runSeed})`, () => {
     expect(() => applyRope(gpu, x, table, { heads: 3 })).toThrow(ShapeError);
     expect(() => applyRope(gpu, x, table, { heads: 2, tableOffset: 1 })).toThrow(/rope: tokens 1\.\.4 .* exceed the 4 table rows/);
     expect(() => applyRope(gpu, x, table, { heads: 2, rowsPerBatch: 0 })).toThrow(/rowsPerBatch 0/);
-    expect(() => applyRope(gpu, gpu.empty([4, 128], 'i32'), table, { heads: 2 })).toThrow(/rope: x and table must be f32/);
+    expect(() => applyRope(gpu, gpu.empty([4, 128], 'i32'), table, { heads: 2 })).toThrow(/rope: x must be f32 or f16 and table f32/);
+    expect(() => applyRope(gpu, x, gpu.empty([4, 64, 2], 'f16'), { heads: 2 })).toThrow(/rope: x must be f32 or f16 and table f32/);
     expect(() => rope2dTable([{ row: 0, col: 0 }], 6, { order: 'rows-first' })).toThrow(/rope2dTable: head dim 6/);
     expect(() => rope2dTable(new Float64Array(3), 8, { order: 'rows-first' })).toThrow(/rope2dTable: flat positions/);
     await gpu.sync();
