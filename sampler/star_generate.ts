@@ -7,7 +7,7 @@ import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
 import { expectArchitecture, type StarArch, type StarVqvaeArch } from '../model/arch.js';
 import { STAR_PATCH_NUMS, checkPatchNums } from '../model/star/config.js';
-import type { KvDType } from '../model/star/kv_cache.js';
+import type { KvDType } from '../model/kv_cache.js';
 import { StarModel } from '../model/star/model.js';
 import { VarVqvae } from '../model/star/vqvae.js';
 import { Checkpoint } from '../model/weights/checkpoint.js';

@@ -21,7 +21,7 @@ import { copyRows } from '../kernels/layout.js';
 import { sampleTokens, type LogitMix } from '../kernels/sample.js';
 import { cfgRamp } from '../model/star/config.js';
 import type { RowRange, StarGeneration, StarTextInput } from '../model/star/generation.js';
-import type { KvDType } from '../model/star/kv_cache.js';
+import type { KvDType } from '../model/kv_cache.js';
 import type { StarModel } from '../model/star/model.js';
 import type { VarVqvae } from '../model/star/vqvae.js';
 import { driveScales, type ScaleStats } from './scale_driver.js';

@@ -7,11 +7,11 @@
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { scaleStarts, type Grid } from '../../sampler/schedule.js';
-import { KvCache, type RowRange } from './kv_cache.js';
+import { KvCache, type RowRange } from '../kv_cache.js';
 import { ropePositions, ropeTable } from './rope.js';
 import { disposeConditioning, type Conditioning } from './text.js';
 
-export type { RowRange } from './kv_cache.js';
+export type { RowRange } from '../kv_cache.js';
 
 /** Storage dtype of the activations that feed and leave the linears (the residual stream is always f32). */
 export type ActivationDType = 'f32' | 'f16';

@@ -5,7 +5,7 @@ export { inferInfinityConfig, expectedShapes, type InfinityConfig, type ConfigOp
 export { loadInfinityWeights, type InfinityWeights, type LayerWeights, type LoadOptions } from './weights.js';
 export { InfinityModel, type BeginOptions, type InfinityModelOptions, type Precision } from './model.js';
 export { Generation, ropeTensor, type ActivationDType, type ScaleStep, type RowRange } from './generation.js';
-export { KvCache, type KvDType } from './kv_cache.js';
+export { KvCache, type KvDType } from '../kv_cache.js';
 export { encodeText, type Conditioning, type LayerModulation, type TextInput } from './text.js';
 export { BitLatent, type LatentGeometry } from './latent.js';
 export { bitsToCodes, gridToTokens, codeMagnitude, type PatchGeometry } from './patchify.js';

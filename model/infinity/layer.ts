@@ -97,8 +97,7 @@ export function selfAttentionBranch(
   k.dispose();
   v.dispose();
   const cached = gen.cache.view(layer, rows);
-  const o = attention(gpu, q.reshape([n, L, C]), cached.k.tensor, cached.v.tensor, { heads: H, scale: 1, kvLen });
-  gen.cache.releaseView(cached);
+  const o = attention(gpu, q.reshape([n, L, C]), cached.k, cached.v, { heads: H, scale: 1, kvLen });
   q.dispose();
   const y = linear(gpu, o.reshape([n * L, C]), w.projW, w.projB);
   o.dispose();

@@ -33,7 +33,7 @@ import type { TensorSource } from '../weights/gpu_load.js';
 import { scaleStarts, type Grid } from '../../sampler/schedule.js';
 import type { InfinityConfig } from './config.js';
 import { Generation, ropeTensor, type ActivationDType, type RowRange, type ScaleStep } from './generation.js';
-import { KvCache, type KvDType } from './kv_cache.js';
+import { KvCache, type KvDType } from '../kv_cache.js';
 import { runLayer } from './layer.js';
 import { ropeTable } from './rope.js';
 import { encodeText, type TextInput } from './text.js';

@@ -6,10 +6,10 @@
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { scaleStarts } from './config.js';
-import { StarKvCache, type RowRange } from './kv_cache.js';
+import { KvCache, type RowRange } from '../kv_cache.js';
 import { scaleRopeTable } from './rope.js';
 
-export type { RowRange } from './kv_cache.js';
+export type { RowRange } from '../kv_cache.js';
 
 export interface StarTextInput {
   /** Per-token text states [rows, T, textWidth] f32 (CLIP `last_hidden_state`), one per sequence row. */
@@ -57,7 +57,7 @@ export class StarGeneration {
     readonly text: StarTextInput,
     /** Start token of every row without the level embedding: encoder_proj(pooled) + pos_start, [rows, C]. */
     readonly sos: Tensor,
-    readonly cache: StarKvCache,
+    readonly cache: KvCache,
     private readonly headDim: number,
     private readonly theta: number,
     private readonly normalize: number,

@@ -3,7 +3,7 @@
 
 export { StarModel, type StarBeginOptions, type ForwardHooks, type StarLoadFrom, type StarModelOptions } from './model.js';
 export { StarGeneration, type StarStep, type StarTextInput, type RowRange, type CrossText } from './generation.js';
-export { StarKvCache, type KvDType } from './kv_cache.js';
+export { KvCache, type KvDType } from '../kv_cache.js';
 export { VarVqvae, phiIndex, type VarVqvaeConfig, type VarVqvaeLoadOptions } from './vqvae.js';
 export { VarDecoder, type VarDecoderConfig } from './var_decoder.js';
 export { STAR_PATCH_NUMS, cfgRamp, checkPatchNums, defaultPatchNums, scaleStarts, starConfig, type StarConfig } from './config.js';

@@ -24,7 +24,7 @@ import { applyRope } from '../../kernels/rope.js';
 import { Checkpoint, type OpenCheckpointOptions } from '../weights/checkpoint.js';
 import { checkPatchNums, defaultPatchNums, scaleStarts, type StarConfig } from './config.js';
 import { StarGeneration, type CrossText, type RowRange, type StarStep, type StarTextInput } from './generation.js';
-import { StarKvCache, type KvDType } from './kv_cache.js';
+import { KvCache, type KvDType } from '../kv_cache.js';
 import { ropeTable } from './rope.js';
 import { loadStarWeights, type StarLoadOptions, type StarWeightSource, type StarWeights } from './weights.js';
 import type { StarArch } from '../arch.js';
@@ -111,7 +111,7 @@ export class StarModel {
     const sosPos = add(gpu, sos, this.weights.posStart);
     sos.dispose();
     const tokens = options.cacheTokens ?? scaleStarts(patchNums).at(-1)!;
-    const cache = new StarKvCache(gpu, config.depth, rows, config.width, tokens, options.cacheDtype);
+    const cache = new KvCache(gpu, config.depth, rows, config.width, tokens, options.cacheDtype, 'star-kv');
     return new StarGeneration(gpu, batch, rows, patchNums, text, sosPos, cache, config.headDim, config.ropeTheta, config.ropeNormalize);
   }
 

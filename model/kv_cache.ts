@@ -1,15 +1,18 @@
-// Self-attention KV cache across scales, per layer one K and one V tensor [rows, capacity, C], batch-major,
-// so that any contiguous range of sequence rows (both CFG branches, or the unconditional one alone) is a
-// plain view the attention kernel takes as its [n, Lmax, C] cache. Lengths are kept per (layer, row): a
-// policy may stop appending to the conditional rows (CFG 0 at the last scales) or append a different
-// number of tokens than a scale has (projected rows). Upstream caches post-RoPE, L2-normalised k and raw v.
+// The self-attention KV cache across scales, shared by Infinity and STAR: per layer one K and one V tensor
+// [rows, capacity, C], batch-major, so that any contiguous range of sequence rows (both CFG branches, or the
+// unconditional one alone) is a plain view the attention kernel takes as its [n, Lmax, C] cache. Lengths are
+// kept per (layer, row): a policy may stop appending to some rows (a scale run on the unconditional branch
+// only) and append another number of tokens than the scale has (StageVAR's projected rows). Both models cache
+// the post-RoPE, L2-normalised k and the raw v.
+// f32 (default) or f16: f16 halves the cache (Infinity-2B at 1M with CFG: 2 rows × 10,521 tokens × 32 layers ×
+// 2 × 2048 values = 11 GB in f32, 5.5 GB in f16) and needs no shader-f16 feature (the attention kernel reads
+// halves through packed loads). Keys and values of the other dtype are converted on append.
 
-import type { Gpu } from '../../engine/device.js';
-import type { Tensor } from '../../engine/tensor.js';
-import { cast } from '../../kernels/elementwise.js';
-import { copyRows } from '../../kernels/layout.js';
+import type { Gpu } from '../engine/device.js';
+import type { Tensor } from '../engine/tensor.js';
+import { cast } from '../kernels/elementwise.js';
+import { copyRows } from '../kernels/layout.js';
 
-/** f16 halves the cache (2.5 GB instead of 5 GB for 2 rows of the 1024 model's first 13 scales). */
 export type KvDType = 'f32' | 'f16';
 
 /** A contiguous range of sequence rows: [start, start + count). */
@@ -18,12 +21,15 @@ export interface RowRange {
   count: number;
 }
 
-export class StarKvCache {
+export class KvCache {
   readonly k: Tensor[] = [];
   readonly v: Tensor[] = [];
   /** Valid tokens per layer per sequence row. */
   readonly lengths: number[][];
-  /** Tokens allocated per row: a multiple of 64, so every row's view binds at an aligned offset. */
+  /**
+   * Tokens allocated per row: a multiple of 64, so that a row's view starts at a multiple of 64·C elements —
+   * 256-byte aligned for any even C (widths are multiples of 4·heads), i.e. bindable on every device.
+   */
   readonly capacity: number;
 
   constructor(
@@ -33,11 +39,14 @@ export class StarKvCache {
     readonly width: number,
     tokens: number,
     readonly dtype: KvDType = 'f32',
+    label = 'kv-cache',
   ) {
+    if (dtype !== 'f32' && dtype !== 'f16') throw new Error(`KV cache dtype must be 'f32' or 'f16', got ${String(dtype)}`);
+    if (width % 2 !== 0) throw new Error(`KV cache width ${width} must be even (row views must stay 256-byte aligned)`);
     this.capacity = Math.max(64, Math.ceil(tokens / 64) * 64);
     for (let l = 0; l < layers; l++) {
-      this.k.push(gpu.persistent([rows, this.capacity, width], dtype, `star-kv-k${l}`));
-      this.v.push(gpu.persistent([rows, this.capacity, width], dtype, `star-kv-v${l}`));
+      this.k.push(gpu.persistent([rows, this.capacity, width], dtype, `${label}-k${l}`));
+      this.v.push(gpu.persistent([rows, this.capacity, width], dtype, `${label}-v${l}`));
     }
     this.lengths = Array.from({ length: layers }, () => new Array<number>(rows).fill(0));
   }
@@ -47,21 +56,25 @@ export class StarKvCache {
     const lens = this.lengths[layer].slice(rows.start, rows.start + rows.count);
     if (lens.length !== rows.count || rows.count === 0) throw new Error(`KV cache: rows [${rows.start}, ${rows.start + rows.count}) outside ${this.rows} rows`);
     if (lens.some((x) => x !== lens[0])) {
-      throw new Error(`KV cache layer ${layer}: rows [${rows.start}, ${rows.start + rows.count}) have lengths ${lens.join(', ')}; run them separately`);
+      throw new Error(`KV cache layer ${layer}: rows [${rows.start}, ${rows.start + rows.count}) have different lengths ${lens.join(', ')}; run them separately`);
     }
     return lens[0];
   }
 
-  /** Appends `tokens` keys and values per row (k, v: [count·tokens, C], by sequence row). Returns the new length. */
+  /**
+   * Appends `tokens` new keys and values per row: k, v are [count·tokens, C] (row-major by sequence row),
+   * f32 or f16 (converted to the cache's dtype). Returns the valid length after the append.
+   */
   append(layer: number, rows: RowRange, k: Tensor, v: Tensor, tokens: number): number {
     const len = this.length(layer, rows);
     if (len + tokens > this.capacity) {
-      throw new Error(`KV cache layer ${layer}: ${len} + ${tokens} tokens exceed the capacity ${this.capacity}; allocate for the whole schedule`);
+      throw new Error(`KV cache layer ${layer}: ${len} + ${tokens} tokens exceed the capacity ${this.capacity} (allocate for the whole schedule)`);
     }
     const C = this.width;
     const kFlat = this.k[layer].reshape([-1, C]);
     const vFlat = this.v[layer].reshape([-1, C]);
-    const [ks, vs] = this.dtype === 'f32' ? [k, v] : [cast(this.gpu, k, this.dtype), cast(this.gpu, v, this.dtype)];
+    const ks = k.dtype === this.dtype ? k : cast(this.gpu, k, this.dtype);
+    const vs = v.dtype === this.dtype ? v : cast(this.gpu, v, this.dtype);
     for (let r = 0; r < rows.count; r++) {
       const dstRow = (rows.start + r) * this.capacity + len;
       copyRows(this.gpu, ks, kFlat, { srcRow: r * tokens, dstRow, rows: tokens });
@@ -85,11 +98,13 @@ export class StarKvCache {
     }
   }
 
+  /** Forgets every cached token (the buffers stay allocated for the next generation). */
   reset(): void {
     for (const lens of this.lengths) lens.fill(0);
   }
 
   dispose(): void {
+    this.gpu.flush(); // recorded attention may still read the cache: submit it before destroying
     for (const t of [...this.k, ...this.v]) t.dispose();
     this.k.length = 0;
     this.v.length = 0;
