@@ -23,7 +23,7 @@ import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP } from './wgsl.js';
+import { LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
 
 export type ReduceOp = 'sum' | 'max' | 'sumsq';
 
@@ -187,20 +187,6 @@ fn welford_merge(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
 }`;
 
 /** Tree reduction of one value per thread over a workgroup of `wg` threads (`wg` a power of two). */
-function treeReduce(wg: number, type: 'f32' | 'vec3<f32>', combine: (a: string, b: string) => string): string {
-  return /* wgsl */ `
-var<workgroup> red: array<${type}, ${wg}>;
-fn reduce_wg(li: u32, v: ${type}) -> ${type} {
-  red[li] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
-    if (li < s) { red[li] = ${combine('red[li]', 'red[li + s]')}; }
-    workgroupBarrier();
-  }
-  return red[0];
-}`;
-}
-
 const MAIN_ARGS = '@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32';
 
 /** Storage declarations: binding 0 is x (read_write when the kernel works in place), then the rest; element

@@ -33,7 +33,7 @@ import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { PHILOX_WGSL } from './rng.js';
-import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
+import { LINEAR_WORKGROUP, ceilDiv, treeReduce } from './wgsl.js';
 
 const WG = 256;
 const TWO32 = 2 ** 32;
@@ -265,36 +265,9 @@ fn order_key(x: f32) -> u32 {
   let b = bitcast<u32>(x);
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
-fn sum_f(v: f32, li: u32) -> f32 {
-  workgroupBarrier();
-  sf[li] = v;
-  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
-    workgroupBarrier();
-    if (li < s) { sf[li] = sf[li] + sf[li + s]; }
-  }
-  workgroupBarrier();
-  return sf[0];
-}
-fn sum_u(v: u32, li: u32) -> u32 {
-  workgroupBarrier();
-  su[li] = v;
-  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
-    workgroupBarrier();
-    if (li < s) { su[li] = su[li] + su[li + s]; }
-  }
-  workgroupBarrier();
-  return su[0];
-}
-fn max_f(v: f32, li: u32) -> f32 {
-  workgroupBarrier();
-  sf[li] = v;
-  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
-    workgroupBarrier();
-    if (li < s) { sf[li] = max(sf[li], sf[li + s]); }
-  }
-  workgroupBarrier();
-  return sf[0];
-}
+${treeReduce(wg, 'f32', (a, b) => `${a} + ${b}`, { name: 'sum_f', array: 'sf', declared: true })}
+${treeReduce(wg, 'u32', (a, b) => `${a} + ${b}`, { name: 'sum_u', array: 'su', declared: true })}
+${treeReduce(wg, 'f32', (a, b) => `max(${a}, ${b})`, { name: 'max_f', array: 'sf', declared: true })}
 
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -312,7 +285,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
   var mx = -3.4028234663852886e38;
   for (var i = i0; i < i1; i++) { mx = max(mx, logit(i)); }
-  mx = max_f(mx, li);
+  mx = max_f(li, mx);
 
   // Top-k: the largest key t with count(key ≥ t) ≥ k is the k-th largest key.
   var lowKey = 0u;
@@ -321,7 +294,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let cand = lowKey | (1u << u32(bit));
       var c = 0u;
       for (var i = i0; i < i1; i++) { c += select(0u, 1u, order_key(logit(i)) >= cand); }
-      if (sum_u(c, li) >= p.topK) { lowKey = cand; }
+      if (sum_u(li, c) >= p.topK) { lowKey = cand; }
     }
   }
   var z = 0.0;
@@ -329,7 +302,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let l = logit(i);
     if (order_key(l) >= lowKey) { z += exp(l - mx); }
   }
-  z = sum_f(z, li);
+  z = sum_f(li, z);
 
   // Top-p: drop values whose kept mass of values ≤ them is ≤ cut·z: the largest such key, then keep keys above it.
   if (p.cut > 0.0) {
@@ -342,7 +315,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let k = order_key(l);
         if (k >= lowKey && k <= cand) { m += exp(l - mx); }
       }
-      if (sum_f(m, li) <= p.cut * z) { drop = cand; }
+      if (sum_f(li, m) <= p.cut * z) { drop = cand; }
     }
     // Keys ≤ drop go (drop is 0 when nothing goes: every finite logit's key is above 0).
     lowKey = max(lowKey, drop + 1u);
@@ -351,7 +324,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let l = logit(i);
       if (order_key(l) >= lowKey) { z2 += exp(l - mx); }
     }
-    z = sum_f(z2, li);
+    z = sum_f(li, z2);
   }
 
   // Inverse CDF with one uniform: thread li owns the mass interval [incl. prefix of li − 1, incl. prefix of li),

@@ -46,3 +46,34 @@ export function roundUp(n: number, m: number): number {
 export function ceilDiv(n: number, m: number): number {
   return Math.ceil(n / m);
 }
+
+export interface TreeReduceOptions {
+  /** WGSL function name (default `reduce_wg`). */
+  name?: string;
+  /** Workgroup array it reduces through (default `red`), declared here unless `declared` (shared by reducers). */
+  array?: string;
+  declared?: boolean;
+}
+
+/**
+ * A workgroup tree reduction over `wg` invocations (a power of two), as WGSL: `fn name(li, v) -> type`.
+ * Every invocation gets the result. It starts with a barrier, so calls may follow one another (the previous
+ * call's readers of array[0] finish before anyone writes), and the pairing order is fixed, so results are
+ * reproducible run to run.
+ */
+export function treeReduce(wg: number, type: string, combine: (a: string, b: string) => string, o: TreeReduceOptions = {}): string {
+  const name = o.name ?? 'reduce_wg';
+  const red = o.array ?? 'red';
+  return /* wgsl */ `
+${o.declared ? '' : `var<workgroup> ${red}: array<${type}, ${wg}>;`}
+fn ${name}(li: u32, v: ${type}) -> ${type} {
+  workgroupBarrier();
+  ${red}[li] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
+    if (li < s) { ${red}[li] = ${combine(`${red}[li]`, `${red}[li + s]`)}; }
+    workgroupBarrier();
+  }
+  return ${red}[0];
+}`;
+}
