@@ -68,14 +68,30 @@ export class Tensor {
     return new Tensor(this.gpu, this.buffer, offset, [count, ...this.shape.slice(1)], this.dtype, 'view', this.label);
   }
 
-  /** Same data, another shape with the same element count. One dim may be -1. */
+  /**
+   * Same data, another shape with the same element count. One dim may be -1. The result is a view: disposing
+   * it frees nothing (this tensor still owns the buffer). To hand a fresh result on under another shape, use `as`.
+   */
   reshape(shape: readonly number[]): Tensor {
+    return new Tensor(this.gpu, this.buffer, this.byteOffset, this.resolve(shape, 'Tensor.reshape'), this.dtype, 'view', this.label);
+  }
+
+  /**
+   * This tensor under another shape, taking over its ownership: the result frees the buffer when disposed and
+   * this tensor is spent (for functions that return `kernel(…).as(shape)`, where a view would leak the buffer).
+   */
+  as(shape: readonly number[]): Tensor {
+    this.assertAlive();
+    const moved = new Tensor(this.gpu, this.buffer, this.byteOffset, this.resolve(shape, 'Tensor.as'), this.dtype, this.ownership, this.label);
+    this.disposed = true;
+    return moved;
+  }
+
+  private resolve(shape: readonly number[], where: string): number[] {
     const known = shape.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
     const resolved = shape.map((d) => (d === -1 ? this.numel / known : d));
-    if (numelOf(resolved) !== this.numel) {
-      throw new ShapeError('Tensor.reshape', `cannot reshape ${shapeStr(this.shape)} to ${shapeStr(shape)}`);
-    }
-    return new Tensor(this.gpu, this.buffer, this.byteOffset, resolved, this.dtype, 'view', this.label);
+    if (numelOf(resolved) !== this.numel) throw new ShapeError(where, `cannot reshape ${shapeStr(this.shape)} to ${shapeStr(shape)}`);
+    return resolved;
   }
 
   /** Raw contents: Float32Array / Int32Array / Uint32Array, or Uint16Array bits for f16 and bf16. */

@@ -86,7 +86,7 @@ export function fastVarLayer(model: InfinityModel, layer: number, x3: Tensor, ge
       xs.dispose();
       const cached = o.cached!(part);
       const [ch, cw] = o.cachedGrid!;
-      y = resize(gpu, cached.reshape([n, ch, cw, C]), o.grid[0], o.grid[1], 'area', { layout: 'nhwc' }).reshape([n * M, C]);
+      y = resize(gpu, cached.reshape([n, ch, cw, C]), o.grid[0], o.grid[1], 'area', { layout: 'nhwc' }).as([n * M, C]);
       scatterRows(gpu, ys, slots, y);
       ys.dispose();
       index.dispose();
@@ -121,7 +121,7 @@ function subModule(model: InfinityModel, part: SubModule, layer: number, xs: Ten
       if (index) {
         // Kept tokens keep their true positions: one table row per kept token of every row.
         const hd = config.headDim;
-        table = gatherRows(gpu, gen.rope.reshape([-1, hd]).rows(step.ropeOffset, step.tokens), index.reshape([n * L])).reshape([n * L, hd / 2, 2]);
+        table = gatherRows(gpu, gen.rope.reshape([-1, hd]).rows(step.ropeOffset, step.tokens), index.reshape([n * L])).as([n * L, hd / 2, 2]);
         rope = { table, rowsPerBatch: n * L };
       }
       const y = selfAttentionBranch(gpu, config, w, layer, xs, gen, step, { scale: sel(m.scale1), shift: sel(m.shift1) }, L, rope);

@@ -105,7 +105,7 @@ export function restore(gpu: Gpu, prev: Tensor, prevGrid: Grid, grid: Grid, out:
   const n = prev.numel / (prevGrid[0] * prevGrid[1] * C);
   if (!Number.isInteger(n) || prev.shape[prev.rank - 1] !== C) throw new Error(`RTR: previous map ${prev} is not [n·${prevGrid[0]}·${prevGrid[1]}, ${C}]`);
   const y = resize(gpu, prev.reshape([n, prevGrid[0], prevGrid[1], C]), grid[0], grid[1], 'area', { layout: 'nhwc' });
-  const flat = y.reshape([n * grid[0] * grid[1], C]);
+  const flat = y.as([n * grid[0] * grid[1], C]);
   scatterRows(gpu, out.reshape([-1, C]), slots, flat);
   return flat;
 }
@@ -117,5 +117,5 @@ export function restore(gpu: Gpu, prev: Tensor, prevGrid: Grid, grid: Grid, out:
 export function slotRopeTable(gpu: Gpu, rope: Tensor, start: number, tokens: number, index: Tensor): Tensor {
   const half = rope.shape[1];
   const table = rope.reshape([rope.shape[0], half * 2]).rows(start, tokens); // gatherRows binds windows: any offset
-  return gatherRows(gpu, table, index.reshape([index.numel])).reshape([index.numel, half, 2]);
+  return gatherRows(gpu, table, index.reshape([index.numel])).as([index.numel, half, 2]);
 }

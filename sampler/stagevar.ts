@@ -299,7 +299,7 @@ export class TokenRunner {
     const C = xh.shape[2];
     if (rope === 'first-rows') {
       // Official: rope_cache[start : start + r], the phases of raster cells 0..r−1 of this scale.
-      return model.runChunk(c, xh, gen, { rows: step.rows, tokens: r, ropeOffset: step.ropeOffset }).reshape([n * r, C]);
+      return model.runChunk(c, xh, gen, { rows: step.rows, tokens: r, ropeOffset: step.ropeOffset }).as([n * r, C]);
     }
     // Sampled slots: each row has its own positions, so its own table; one sequence row at a time.
     const out = this.gpu.empty([n * r, C], 'f32', 'rp-out');

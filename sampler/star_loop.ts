@@ -225,7 +225,7 @@ function runLayers(o: StarLoopOptions, gen: StarGeneration, plan: PolicyPlan, ro
       const restored = restore(gpu, prev.tensor, source.grid, plan.grid, projected.reshape([rows.count * r, C]), draw.slots);
       prev.release();
       cur.dispose();
-      cur = restored.reshape([rows.count, T, C]);
+      cur = restored.as([rows.count, T, C]);
       layers.record(l, cur, rows, T);
     } finally {
       projected?.dispose();

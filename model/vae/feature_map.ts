@@ -242,7 +242,7 @@ export class FeatureOps {
     const [Cout, Cin, k] = w.shape;
     if (cn === Cin) return on === Cout ? w : this.slice(w, o0, on);
     return this.cached(w, `${o0}:${on}:${c0}:${cn}`, () =>
-      copyColumns(this.gpu, w.reshape([Cout, Cin * k * k]).rows(o0, on), c0 * k * k, cn * k * k).reshape([on, cn, k, k]),
+      copyColumns(this.gpu, w.reshape([Cout, Cin * k * k]).rows(o0, on), c0 * k * k, cn * k * k).as([on, cn, k, k]),
     );
   }
 

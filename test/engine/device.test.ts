@@ -51,6 +51,22 @@ describe(`engine (seed ${runSeed})`, () => {
     expect(() => unary(gpu, 'silu', t)).toThrow(/after dispose/);
   });
 
+  it('reshape is a view that frees nothing; as() moves ownership under the new shape', async () => {
+    const gpu = await testGpu();
+    const base = gpu.stats().liveBytes;
+    const t = gpu.empty([6, 10], 'f32', 'moved');
+    expect(gpu.stats().liveBytes).toBeGreaterThan(base);
+    t.reshape([60]).dispose();
+    expect(gpu.stats().liveBytes).toBeGreaterThan(base); // the view freed nothing
+    const m = t.as([3, 20]);
+    expect(m.shape).toEqual([3, 20]);
+    expect(t.isDisposed).toBe(true);
+    expect(() => t.as([60])).toThrow(/used after dispose/);
+    expect(() => m.as([7, 9])).toThrow(/cannot reshape \[3, 20\] to \[7, 9\]/);
+    m.dispose();
+    expect(gpu.stats().liveBytes).toBe(base);
+  });
+
   it('folds grids beyond 65535 workgroups and every workgroup runs once', async () => {
     const gpu = await testGpu();
     const n = 70000 * 4 + 3; // > 65535 workgroups of 4 threads
