@@ -1,6 +1,7 @@
 // `npm run bench`: kernel benchmarks on the adapter in use (time, GFLOP/s, GB/s, peak buffer bytes).
 // `npm run bench -- --json` prints one JSON array of rows; `--only matmul,attention,conv,load,e2e,policies` picks families;
-// `--e2e [--size N] [--model M --vae V --text-encoder T]` runs vanilla vs stagevar vs fastvar side by side;
+// `--e2e [--size N] [--model M --vae V --text-encoder T | --synthetic 2b|8b [--full]]` runs vanilla vs
+// stagevar vs fastvar side by side (transformer and whole-generation times, both speed-ups, PSNR);
 // `--profile` adds a per-kernel GPU time table from timestamp queries.
 // `--only infinity [--family 2b|8b --width C --depth L --heads H --size 256|512|768|1024 …]`: the transformer
 // per scale from random weights, then the VAE decoder (bench/infinity.ts); `--only load8b [--chunks N]`:
@@ -14,7 +15,7 @@ import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
 import { benchE2E } from './e2e.js';
 import { benchLoad } from './load.js';
-import { infinityOptions, load8bOptions } from './family_options.js';
+import { infinityOptions, load8bOptions, policiesOptions } from './family_options.js';
 import { benchInfinity } from './infinity.js';
 import { benchLoad8b } from './load8b.js';
 import { benchPolicies } from './policies.js';
@@ -33,8 +34,9 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   load8b: (gpu) => benchLoad8b(gpu, load8bOptions()),
   // STAR vanilla vs StageVAR's STAR port, one random model, text and seed (--only star [--size --width --depth --heads --vae]).
   star: (gpu) => benchStar(gpu),
-  // The paper's headline side by side: vanilla, stagevar, fastvar on one model, prompt and seed (--e2e).
-  policies: (gpu) => benchPolicies(gpu, { size: Number(arg('--size') ?? 1024), ...(arg('--model') ? { model: arg('--model'), vae: arg('--vae'), textEncoder: arg('--text-encoder') } : {}) }),
+  // The paper's headline side by side: vanilla, stagevar, fastvar on one model, text and seed (--e2e):
+  // the demo, files (--model --vae) or random weights at the released sizes (--synthetic 2b --full).
+  policies: (gpu) => benchPolicies(gpu, policiesOptions()),
 };
 
 function arg(name: string): string | undefined {
@@ -70,13 +72,18 @@ async function main(): Promise<void> {
 }
 
 function formatRow(r: BenchRow): string {
-  const extra = r as BenchRow & { speedup?: number; psnr?: number; policy?: string; note?: string };
+  const extra = r as BenchRow & { speedup?: number; totalSpeedup?: number; transformerMs?: number; psnr?: number; policy?: string; note?: string };
   if (extra.note !== undefined) return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${extra.note}`;
+  if (extra.totalSpeedup !== undefined && extra.transformerMs !== undefined) {
+    // Policy rows: the whole generation (ms) and the transformer alone, each with its speed-up over vanilla.
+    return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} total ${r.ms.toFixed(1).padStart(9)} ms ×${extra.totalSpeedup.toFixed(2)}  transformer ${extra.transformerMs.toFixed(1).padStart(9)} ms ×${extra.speedup?.toFixed(2)}  PSNR vs vanilla ${extra.psnr?.toFixed(1)} dB`;
+  }
   const tail = extra.speedup !== undefined ? `  speedup ${extra.speedup.toFixed(2)}×  PSNR vs vanilla ${extra.psnr?.toFixed(1)} dB` : '';
   return `${r.kernel.padEnd(12)} ${r.shape.padEnd(28)} ${r.dtype.padEnd(10)} ${r.ms.toFixed(2).padStart(10)} ms ${r.gflops.toFixed(2).padStart(9)} GFLOP/s ${r.gbps.toFixed(2).padStart(8)} GB/s${tail}`;
 }
 
 main().catch((err) => {
-  process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`${message.startsWith('bench:') ? '' : 'bench: '}${message}\n`);
   process.exit(1);
 });

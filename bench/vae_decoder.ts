@@ -15,6 +15,7 @@ export const DECODER_RECIPE: Readonly<Record<Family, { z: number; mult: number[]
   '2b': { z: 32, mult: [1, 2, 4, 4, 4] },
   '8b': { z: 14, mult: [1, 2, 4, 4] },
 };
+/** ResBlocks per up level in the released decoders (num_res_blocks 2, + 1 in the decoder). */
 const BLOCKS_PER_LEVEL = 3;
 
 interface Conv {
@@ -27,7 +28,9 @@ interface Conv {
 }
 
 /** Every conv of the decoder, in order, with the resolution factor it runs at. */
-function decoderConvs(z: number, ch: number, mult: readonly number[]): { convs: Conv[]; norms: Array<[string, number]> } {
+function decoderConvs(z: number, ch: number, recipeMult: readonly number[], blocksPerLevel = BLOCKS_PER_LEVEL): { convs: Conv[]; norms: Array<[string, number]> } {
+  // 0 blocks: the minimal decoder of the same stride (the demo's shape): width ch everywhere, one ResBlock.
+  const mult = blocksPerLevel === 0 ? recipeMult.map(() => 1) : recipeMult;
   const convs: Conv[] = [];
   const norms: Array<[string, number]> = [];
   let cin = ch * mult[mult.length - 1];
@@ -44,7 +47,10 @@ function decoderConvs(z: number, ch: number, mult: readonly number[]): { convs: 
   block('decoder.mid.block_1', cin);
   block('decoder.mid.block_2', cin);
   for (let lvl = mult.length - 1; lvl >= 0; lvl--) {
-    for (let b = 0; b < BLOCKS_PER_LEVEL; b++) block(`decoder.up.${lvl}.block.${b}`, ch * mult[lvl]);
+    // Level 0 keeps at least one block: it has no up-sampling, and a level with no tensors does not exist
+    // for the loader.
+    const blocks = lvl === 0 ? Math.max(1, blocksPerLevel) : blocksPerLevel;
+    for (let b = 0; b < blocks; b++) block(`decoder.up.${lvl}.block.${b}`, ch * mult[lvl]);
     if (lvl > 0) {
       at *= 2;
       convs.push({ name: `decoder.up.${lvl}.upsample.conv`, cin, cout: cin, k: 3, at });
@@ -68,11 +74,16 @@ export function decoderParameters(family: Family, ch: number): number {
   return convs.reduce((s, c) => s + c.cout * (c.cin * c.k * c.k + 1), 0) + norms.reduce((s, [, c]) => s + 2 * c, 0);
 }
 
-/** The decoder with random weights, loaded through the weight loader as f32 (as model/vae/load.ts does). */
-async function randomDecoder(gpu: Gpu, family: Family, ch: number): Promise<BsqDecoder> {
+/**
+ * The decoder with random weights, loaded through the weight loader as f32 (as model/vae/load.ts does).
+ * `blocksPerLevel` below the real 3 gives a cheaper decoder of the same stride (dry runs on a CPU adapter);
+ * 0 is the minimal one: width `ch` at every level and a single ResBlock (at full resolution).
+ */
+export async function randomDecoder(gpu: Gpu, family: Family, ch: number, blocksPerLevel = BLOCKS_PER_LEVEL): Promise<BsqDecoder> {
   if (ch % 32 !== 0) throw new Error(`--vae-ch ${ch} must be a multiple of 32 (GroupNorm has 32 groups)`);
+  if (!Number.isInteger(blocksPerLevel) || blocksPerLevel < 0) throw new Error(`--vae-blocks must be a non-negative integer, got ${blocksPerLevel}`);
   const { z, mult } = DECODER_RECIPE[family];
-  const { convs, norms } = decoderConvs(z, ch, mult);
+  const { convs, norms } = decoderConvs(z, ch, mult, blocksPerLevel);
   const shapes = new Map<string, number[]>();
   for (const c of convs) {
     shapes.set(`${c.name}.conv.weight`, [c.cout, c.cin, c.k, c.k]);
@@ -84,8 +95,13 @@ async function randomDecoder(gpu: Gpu, family: Family, ch: number): Promise<BsqD
   }
   const source = new SyntheticTensors(shapes);
   const weights = new Map<string, Tensor>();
-  for (const name of source.names()) weights.set(name, await loadTensorToGpu(gpu, source, name, { dtype: 'f32' }));
-  return BsqDecoder.fromWeights(gpu, weights, `random ${family} VAE decoder (base ${ch})`);
+  try {
+    for (const name of source.names()) weights.set(name, await loadTensorToGpu(gpu, source, name, { dtype: 'f32' }));
+    return BsqDecoder.fromWeights(gpu, weights, `random ${family} VAE decoder (base ${ch}, ${blocksPerLevel} blocks/level)`);
+  } catch (err) {
+    for (const t of weights.values()) t.dispose();
+    throw err;
+  }
 }
 
 export interface DecoderBenchOptions {

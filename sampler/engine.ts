@@ -3,6 +3,7 @@
 //
 //   const engine = await Engine.create();
 //   await engine.load({ model, vae, textEncoder });                // the family from the weights; or loadDemo()
+//   engine.loadParts({ model, decoder });                          // or parts built in memory (e.g. synthetic weights)
 //   const { images, stats } = await engine.generate({ prompt: 'a cat', seed: 1, size: 1024, ratio: '16:9' });
 //   engine.dispose();
 //
@@ -47,6 +48,18 @@ export interface LoadInfinityOptions {
   activations?: 'f32' | 'f16';
   /** The self-attention KV cache's storage (default f32; f16 halves it and needs no feature). */
   cacheDtype?: 'f32' | 'f16';
+}
+
+/** An Infinity pipeline built by the caller (`Engine.loadParts`): weights from memory, synthetic sources, any load options. */
+export interface InfinityParts {
+  /** The transformer, e.g. `InfinityModel.load(engine.gpu, source, options)` on any `TensorSource`. */
+  model: InfinityModel;
+  /** Its BSQ-VAE decoder (`BsqDecoder.fromWeights`, `loadBsqDecoder`), on the same GPU. */
+  decoder: BsqDecoder;
+  /** A prompt encoder of the model's text width; without one, every generation passes `textFeatures`. */
+  text?: PromptEncoder | null;
+  /** What `ModelInfo.name` reports (default 'infinity'). */
+  name?: string;
 }
 
 export interface ModelInfo {
@@ -252,6 +265,31 @@ export class Engine extends EventTarget {
     const { decoder, weights } = demoDecoder(this.gpu, seed);
     const text = new DemoPromptEncoder(seed);
     this.replace({ family: 'infinity', model, decoder, text, info: infoOf('demo', model, decoder, text), owned: weights });
+    return this.pipeline!.info;
+  }
+
+  /**
+   * Takes an Infinity pipeline whose parts the caller loaded (in-memory or synthetic weights, its own load
+   * options): checked as a set — same GPU, decoder code channels = the model's VAE channels, text width —
+   * then owned by the engine, which frees them on unload(), the next load or dispose(). When a check throws,
+   * nothing is taken: the parts stay the caller's.
+   */
+  loadParts(parts: InfinityParts): ModelInfo {
+    this.assertAlive();
+    const { model, decoder } = parts;
+    const text = parts.text ?? null;
+    const c = model.config;
+    if (model.gpu !== this.gpu) throw new Error("loadParts: the model was loaded on another Gpu than this engine's (load it on engine.gpu)");
+    if (decoder.gpu !== this.gpu) throw new Error("loadParts: the decoder was built on another Gpu than this engine's (build it on engine.gpu)");
+    if (decoder.config.codeChannels !== c.vaeChannels) {
+      throw new Error(
+        `loadParts: the decoder takes ${decoder.config.codeChannels} code channels but the model's latent has ${c.vaeChannels} ` +
+          `(${c.bitsPerToken} bits per token${c.patch > 1 ? `, ${c.patch}×${c.patch} patchify` : ''})`,
+      );
+    }
+    if (text && text.width !== c.textWidth) throw new Error(`loadParts: the text encoder "${text.name}" gives ${text.width}-wide features but the model expects ${c.textWidth}`);
+    const name = parts.name ?? 'infinity';
+    this.replace({ family: 'infinity', model, decoder, text, info: infoOf(name, model, decoder, text), owned: [] });
     return this.pipeline!.info;
   }
 
@@ -478,7 +516,11 @@ export class Engine extends EventTarget {
     p.text?.dispose();
     p.model.dispose();
     if (p.family === 'star') p.vq.dispose();
-    else for (const t of p.owned) t.dispose();
+    else {
+      // The decoder frees its weights and cached slices (Tensor.dispose is idempotent: `owned` may list them too).
+      p.decoder.dispose();
+      for (const t of p.owned) t.dispose();
+    }
   }
 
   /** Frees everything; the GPU too when the engine created it. */

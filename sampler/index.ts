@@ -8,6 +8,7 @@ export {
   detectFamily,
   type EngineOptions,
   type LoadInfinityOptions,
+  type InfinityParts,
   type ModelInfo,
   type GenerateOptions,
   type GenerateResult,

@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openSafetensors } from '../../model/weights/safetensors.js';
+import { InfinityModel } from '../../model/infinity/model.js';
+import { DemoPromptEncoder, demoDecoder, loadDemoInfinity } from '../../sampler/demo_model.js';
 import { Engine, GenerationProgressEvent, WarningEvent, type GenerateOptions, type ProgressInfo } from '../../sampler/engine.js';
 import { checkLevels } from '../../sampler/options.js';
 import type { TextFeatures } from '../../sampler/text.js';
@@ -127,5 +129,49 @@ describe('Engine.inspectFiles pairs a transformer with its VAE from the headers 
     );
     const ok = await Engine.inspectFiles({ model: join(eight, 'model.safetensors'), vae: join(eight, 'vae.safetensors') });
     expect([ok.model.bits, ok.vae.codebook_dim, ok.model.patchify]).toEqual([56, 14, true]);
+  });
+});
+
+describe('Engine.loadParts takes a pipeline the caller loaded (in-memory or synthetic weights)', () => {
+  it('generates exactly what loadDemo gives from the same parts, checks the set, and frees the parts on unload', async () => {
+    const gpu = engine.gpu;
+    const viaDemo = await Engine.create({ gpu });
+    const viaParts = await Engine.create({ gpu });
+    try {
+      await viaDemo.loadDemo();
+      const request: GenerateOptions = { prompt: 'a red door', seed: 5, size: 256, keepBits: true };
+      const expected = await viaDemo.generate(request);
+      viaDemo.unload();
+
+      const model = await loadDemoInfinity(gpu);
+      const { decoder, weights } = demoDecoder(gpu);
+      const text = new DemoPromptEncoder();
+      // A set that does not fit is refused before anything is taken: the 8B-tiny transformer's latent has
+      // 14 channels (56 bits, 2×2 patchify) but the demo decoder takes 32; a text encoder must give the
+      // model's text width (the demo's: 64).
+      const eight = await InfinityModel.load(gpu, join(fixture('infinity8b-tiny'), 'model.safetensors'));
+      try {
+        expect(() => viaParts.loadParts({ model: eight, decoder })).toThrow(/decoder takes 32 code channels but the model's latent has 14 \(56 bits per token, 2×2 patchify\)/);
+      } finally {
+        eight.dispose();
+      }
+      const narrow = { name: 'narrow', width: 63, encode: () => text.encode([]), dispose: () => {} };
+      expect(() => viaParts.loadParts({ model, decoder, text: narrow })).toThrow(/text encoder "narrow" gives 63-wide features but the model expects 64/);
+      expect(viaParts.model).toBeNull();
+      weights[0].assertAlive(); // still the caller's
+
+      const info = viaParts.loadParts({ model, decoder, text, name: 'demo parts' });
+      expect(info).toMatchObject({ name: 'demo parts', family: 'infinity', depth: 4, width: 128, bitsPerToken: 32, vaeChannels: 32, vaeStride: 16, textWidth: 64 });
+      const got = await viaParts.generate(request);
+      expect(got.bits!.map((b) => Array.from(b))).toEqual(expected.bits!.map((b) => Array.from(b)));
+      expect(Array.from(got.images[0].data)).toEqual(Array.from(expected.images[0].data));
+      // The engine owns the parts now: unload frees the decoder's weights with the model.
+      viaParts.unload();
+      expect(() => weights[0].assertAlive()).toThrow(/after dispose/);
+      await expect(viaParts.generate(request)).rejects.toThrow(/no model loaded/);
+    } finally {
+      viaDemo.dispose();
+      viaParts.dispose();
+    }
   });
 });
