@@ -26,7 +26,7 @@ import { rgbFromPlanar, type RgbImage } from './png.js';
 import { checkFeatures, checkLevels, resolveBatch, resolveShape, templateNote } from './options.js';
 import type { Grid, ResolutionName } from './schedule.js';
 import { T5PromptEncoder, mustExist, selectPrompts, type PromptEncoder, type TextFeatures } from './text.js';
-import { inspectStarFiles, loadStarPipeline, runStar, type LoadStarOptions, type StarPipeline } from './star_generate.js';
+import { loadStarPipeline, runStar, type LoadStarOptions, type StarPipeline } from './star_generate.js';
 
 export interface EngineOptions extends GpuOptions {
   /** Use this GPU instead of creating one (the engine then never destroys it). */

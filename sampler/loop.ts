@@ -17,7 +17,7 @@
 import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
 import { sampleBits, cfgWeights, type LogitMix } from '../kernels/sample.js';
-import type { Generation, RowRange, ScaleStep } from '../model/infinity/generation.js';
+import type { Generation, RowRange } from '../model/infinity/generation.js';
 import { BitLatent } from '../model/infinity/latent.js';
 import type { InfinityModel } from '../model/infinity/model.js';
 import type { TextInput } from '../model/infinity/text.js';

@@ -11,7 +11,7 @@ import { register as registerDemo } from '../../cli/commands/demo.js';
 import { register as registerGenerate } from '../../cli/commands/generate.js';
 import { openSafetensors } from '../../model/weights/safetensors.js';
 import { writeSafetensors } from '../../model/weights/safetensors_writer.js';
-import { runCli } from './run_cli.js';
+import { expectRefusal, runCli } from './run_cli.js';
 import { fixture } from '../helpers.js';
 import { writeProbeVae } from '../sampler/probe_vae.js';
 
@@ -173,13 +173,7 @@ describe('stagevar generate (infinity-tiny, --text-features)', () => {
       ['a missing output folder', () => base(join(scratch, 'no-such-dir', 'x.png')), /the folder of --out .* does not exist/],
       ['a batch the prompts do not fit', (o) => ['generate', '--model', MODEL, '--vae', PROBE, '--text-features', TWO_PROMPTS, '--out', o, '--size', '256', '--batch', '3'], /2 prompts for a batch of 3/],
     ];
-    it.each(cases)('%s', async (_name, args, message) => {
-      const folder = await mkdtemp(join(scratch, 'bad-'));
-      const r = await cli(args(join(folder, 'out.png')));
-      expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(message);
-      expect(await readdir(folder)).toEqual([]);
-    });
+    it.each(cases)('%s', (_name, args, message) => expectRefusal(cli, scratch, args, message));
 
     it('a missing required option is a usage error', async () => {
       const r = await cli(['generate', '--model', MODEL, '--vae', VAE, '--text-features', FEATURES]);
@@ -187,12 +181,7 @@ describe('stagevar generate (infinity-tiny, --text-features)', () => {
       expect(r.stderr).toMatch(/--out/);
     });
 
-    it('a text encoder whose width is not the model\'s', async () => {
-      const folder = await mkdtemp(join(scratch, 'bad-'));
-      const r = await cli(['generate', '--model', MODEL, '--vae', PROBE, '--text-encoder', fixture('t5-tiny'), '--tokenizer', fixture('t5-tokenizer'), '--prompt', 'a cat', '--out', join(folder, 'o.png'), '--size', '256']);
-      expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(/gives 64-wide features but the model expects 256/);
-      expect(await readdir(folder)).toEqual([]);
-    });
+    it("a text encoder whose width is not the model's", () =>
+      expectRefusal(cli, scratch, (o) => ['generate', '--model', MODEL, '--vae', PROBE, '--text-encoder', fixture('t5-tiny'), '--tokenizer', fixture('t5-tokenizer'), '--prompt', 'a cat', '--out', o, '--size', '256'], /gives 64-wide features but the model expects 256/));
   });
 });
