@@ -25,7 +25,6 @@ export interface StarPipeline {
   model: StarModel;
   vq: VarVqvae;
   text: ClipPromptEncoder | null;
-  cacheDtype: KvDType;
 }
 
 export interface LoadStarOptions {
@@ -36,7 +35,7 @@ export interface LoadStarOptions {
   /** CLIP text encoder folder (`text_encoder/` + `tokenizer/`, or the encoder folder itself). */
   textEncoder?: string;
   tokenizer?: string;
-  /** STAR has only the f32 activation path; 'f16' is refused with that reason. */
+  /** The layers' intermediate activations in f16 (needs shader-f16; default f32, the reference path). */
   activations?: 'f32' | 'f16';
   /** The self-attention KV cache's storage (default f32). */
   cacheDtype?: KvDType;
@@ -66,13 +65,15 @@ export async function inspectStarFiles(o: Pick<LoadStarOptions, 'model' | 'vae'>
 }
 
 export async function loadStarPipeline(gpu: Gpu, o: LoadStarOptions, onWarning: (m: string) => void): Promise<StarPipeline> {
-  if (o.activations === 'f16') throw new Error("STAR runs with f32 activations only (the f16 activation path exists for Infinity); its KV cache can be f16 (cacheDtype 'f16')");
   const { model: arch } = await inspectStarFiles(o);
   let model: StarModel | null = null;
   let vq: VarVqvae | null = null;
   let text: ClipPromptEncoder | null = null;
   try {
-    model = await StarModel.load(gpu, o.model);
+    model = await StarModel.load(gpu, o.model, {
+      ...(o.activations ? { activations: o.activations } : {}),
+      ...(o.cacheDtype ? { cacheDtype: o.cacheDtype } : {}),
+    });
     vq = await VarVqvae.load(gpu, o.vae);
     if (o.textEncoder) {
       text = await ClipPromptEncoder.load(gpu, o.textEncoder, { ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}), onWarning });
@@ -80,7 +81,7 @@ export async function loadStarPipeline(gpu: Gpu, o: LoadStarOptions, onWarning: 
         throw new Error(`${o.textEncoder}: the CLIP encoder gives ${text.width}-wide states but the model expects ${arch.text_width} per token and ${arch.pooled_width} pooled (STAR uses SD-2's OpenCLIP-H, 1024)`);
       }
     }
-    return { family: 'star', model, vq, text, cacheDtype: o.cacheDtype ?? 'f32' };
+    return { family: 'star', model, vq, text };
   } catch (err) {
     text?.dispose();
     vq?.dispose();
@@ -218,7 +219,6 @@ export async function runStar(gpu: Gpu, p: StarPipeline, o: StarRunOptions): Pro
       seeds: o.seeds,
       topK,
       topP,
-      cacheDtype: p.cacheDtype,
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.keepTokens ? { keepTokens: true } : {}),
       onScale: (s) => o.onScale?.(s, plans.length),

@@ -46,7 +46,7 @@ export interface StarLoopOptions {
   /** Top-k (0 = off) and top-p (1 = off) of each token's distribution (STAR: 600 and 0.8). */
   topK: number;
   topP: number;
-  /** KV cache dtype (default f32). */
+  /** KV cache dtype (default: the model's). */
   cacheDtype?: KvDType;
   signal?: AbortSignal;
   /** Read back every run scale's token indices ([B·pn²] each; empty for skipped scales). */

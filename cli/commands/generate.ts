@@ -70,7 +70,7 @@ export function register(program: Command): void {
     .option('--policy <p>', POLICY_HELP, 'vanilla')
     .option('--alpha <a>', ALPHA_HELP)
     .option('--ranks <file.json>', RANKS_HELP)
-    .option('--precision <p>', 'activations: f32 (the reference path) or f16 (Infinity; needs shader-f16)', 'f32')
+    .option('--precision <p>', 'activations: f32 (the reference path) or f16 (needs shader-f16)', 'f32')
     .option('--kv-cache <dtype>', 'KV cache storage: f32 or f16 (half the memory)', 'f32')
     .option('--quiet', 'no progress output')
     .action(async (flags: GenerateFlags) => {
@@ -107,7 +107,6 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
   const kvCache = choice('--kv-cache', f.kvCache ?? 'f32', ['f32', 'f16'] as const);
   const family = await detectFamily(f.model);
   const star = family === 'star';
-  if (star && precision === 'f16') throw new Error('--precision f16: STAR runs with f32 activations only (the f16 path exists for Infinity); --kv-cache f16 works for both');
   if (!star && f.patchNums !== undefined) throw new Error('--patch-nums applies to STAR models only (Infinity takes its schedule from --size and --ratio)');
   const cfg = parseNumberList('--cfg', f.cfg ?? String(star ? STAR_DEFAULTS.cfg : 3));
   for (const c of [cfg].flat()) checkCfg(c, '--cfg');

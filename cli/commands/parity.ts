@@ -19,8 +19,8 @@ export function register(program: Command): void {
     .argument('<dir>', 'fixture folder (infinity, infinity 8B, stagevar, star, t5 or clip kind)')
     .description('compare the engine with a reference fixture: one line per tensor, max|error| / max|reference|; exit 0 only if all pass')
     .option('--json', 'print the results as JSON')
-    .option('--precision <dtype>', 'infinity fixtures: activation dtype f32 (reference) or f16 (needs shader-f16); judged against 1e-2 instead of 1e-3')
-    .option('--kv-cache <dtype>', 'infinity fixtures: KV cache dtype f32 or f16 (f16: judged against 1e-2)')
+    .option('--precision <dtype>', 'infinity and star fixtures: activation dtype f32 (reference) or f16 (needs shader-f16); judged against 1e-2 instead of 1e-3')
+    .option('--kv-cache <dtype>', 'infinity and star fixtures: KV cache dtype f32 or f16 (f16: judged against 1e-2)')
     .action(async (dir: string, opts: { json?: boolean; precision?: string; kvCache?: string }) => {
       const precision: ParityPrecision = { activations: dtypeOption('--precision', opts.precision), cacheDtype: dtypeOption('--kv-cache', opts.kvCache) };
       const gpu = await Gpu.create();

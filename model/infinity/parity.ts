@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Gpu } from '../../engine/device.js';
 import { scheduleFromList, type Grid } from '../../sampler/schedule.js';
-import { type ParityEntry, relMaxError } from '../parity/measure.js';
+import { F32_TOL, parityTolerance, type ParityEntry, relMaxError } from '../parity/measure.js';
 import { loadBsqDecoder } from '../vae/load.js';
 import { openSafetensors, type SafetensorsFile } from '../weights/safetensors.js';
 import { InfinityModel, type Precision } from './model.js';
@@ -16,22 +16,7 @@ import { runTeacherForced, type TeacherForcedResult } from './teacher_forced.js'
 
 export type { ParityEntry };
 
-/** f32 arithmetic on bf16-exact weights stays far below this; a wrong operation gives 1e-1 or more. */
-export const F32_TOL = 1e-3;
-
-/**
- * The bar for the f16 paths (f16 activations and/or an f16 KV cache). Each f16 store rounds by ≤ 2⁻¹¹
- * (4.9e-4) relative, the residual stream and every statistic stay f32, so errors stay near one f16
- * rounding of the largest values: measured worst 4.8e-4 (infinity-tiny) and 5.0e-4 (infinity8b-tiny)
- * over logits, hidden, latent and image (model/infinity/README.md). Deeper real models add layers and
- * outliers, hence 20× room; a wrong operation gives ≥ 1e-1, 10× above the bar.
- */
-export const F16_TOL = 1e-2;
-
-/** The parity bar for a precision: F32_TOL only when everything is f32. */
-export function parityTolerance(p: Partial<Precision>): number {
-  return (p.activations ?? 'f32') === 'f32' && (p.cacheDtype ?? 'f32') === 'f32' ? F32_TOL : F16_TOL;
-}
+export { F16_TOL, F32_TOL, parityTolerance } from '../parity/measure.js';
 
 export interface InfinityFixture {
   dir: string;

@@ -73,11 +73,12 @@ export interface ParityPrecision {
   cacheDtype?: 'f32' | 'f16';
 }
 
-/** Runners of the kinds that also run reduced precision (the Infinity transformer's f16 paths). The
- *  StageVAR replay (sampler/) loads its model itself and has no precision option yet. */
+/** Runners of the kinds that also run reduced precision (the Infinity and STAR transformers' f16 paths).
+ *  The StageVAR replay (sampler/) loads its model itself and has no precision option yet. */
 const precisionRunners = new Map<FixtureKind, (gpu: Gpu, dir: string, precision: ParityPrecision) => Promise<ParityEntry[]>>([
   ['infinity', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
   ['infinity-8b', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
+  ['star', (gpu, dir, precision) => runStarParity(gpu, dir, precision)],
 ]);
 
 /** Registers the runner of a fixture kind (model families add theirs). */
@@ -97,7 +98,7 @@ export async function runParity(
     const runner = precisionRunners.get(kind);
     if (!runner) {
       const what = reduced.map(([k, v]) => `${k} ${v}`).join(', ');
-      throw new Error(`parity: ${what} is supported for ${[...precisionRunners.keys()].join(' and ')} fixtures only; ${dir} is a ${kind} fixture (run it without)`);
+      throw new Error(`parity: ${what} is supported for ${[...precisionRunners.keys()].join(', ')} fixtures only; ${dir} is a ${kind} fixture (run it without)`);
     }
     return { kind, entries: await runner(gpu, dir, precision) };
   }

@@ -61,6 +61,8 @@ export class StarGeneration {
     private readonly headDim: number,
     private readonly theta: number,
     private readonly normalize: number,
+    /** Storage dtype of what feeds and leaves the layers' linears (the residual stream is always f32). */
+    readonly activations: 'f32' | 'f16' = 'f32',
   ) {
     this.starts = scaleStarts(patchNums);
   }

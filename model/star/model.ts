@@ -37,8 +37,11 @@ export interface StarBeginOptions {
   batch?: number;
   /** Tokens per row the KV cache holds; default every token of the schedule. */
   cacheTokens?: number;
-  /** KV cache dtype (default f32; f16 halves it, attention reads it through packed loads). */
+  /** KV cache dtype (default: the model's; f16 halves it, attention reads it through packed loads). */
   cacheDtype?: KvDType;
+  /** Activation dtype (default: the model's): 'f16' stores the LN outputs, q/k/v, attention outputs and the
+   *  FFN hidden in f16 (needs shader-f16); the residual stream, statistics, RoPE and the head stay f32. */
+  activations?: 'f32' | 'f16';
 }
 
 export interface ForwardHooks {
@@ -53,6 +56,26 @@ export type StarLoadFrom = string | StarWeightSource;
 export interface StarModelOptions extends StarLoadOptions, OpenCheckpointOptions {
   /** Largest FFN hidden block in bytes (default 64 MiB); lower it on devices with small buffers. */
   ffnBlockBytes?: number;
+  /** Default activation and KV cache dtypes of generations (each `begin` may override them). */
+  activations?: 'f32' | 'f16';
+  cacheDtype?: KvDType;
+}
+
+/** Activation and cache dtypes of a generation, checked against the device. */
+export interface StarPrecision {
+  activations: 'f32' | 'f16';
+  cacheDtype: KvDType;
+}
+
+function resolvePrecision(gpu: Gpu, over: Partial<StarPrecision>, base: StarPrecision): StarPrecision {
+  const activations = over.activations ?? base.activations;
+  const cacheDtype = over.cacheDtype ?? base.cacheDtype;
+  if (activations !== 'f32' && activations !== 'f16') throw new Error(`STAR: activations must be 'f32' or 'f16', got ${String(activations)}`);
+  if (cacheDtype !== 'f32' && cacheDtype !== 'f16') throw new Error(`STAR: cacheDtype must be 'f32' or 'f16', got ${String(cacheDtype)}`);
+  if (activations === 'f16' && !gpu.hasF16) {
+    throw new Error(`STAR: activations 'f16' need the WebGPU feature shader-f16, which this device (${gpu.adapter.description || gpu.adapter.device || 'adapter'}) lacks; use 'f32' (cacheDtype 'f16' works without it)`);
+  }
+  return { activations, cacheDtype };
 }
 
 const DEFAULT_FFN_BLOCK_BYTES = 64 << 20;
@@ -69,6 +92,8 @@ export class StarModel {
     readonly weights: StarWeights,
     /** Largest FFN hidden block in bytes (the FFN runs in row blocks under it). */
     readonly ffnBlockBytes: number,
+    /** Default precision of `begin`. */
+    readonly precision: StarPrecision,
   ) {}
 
   /**
@@ -76,14 +101,16 @@ export class StarModel {
    * or found by its prefix) or an open tensor source. The architecture comes from the tensors alone.
    */
   static async load(gpu: Gpu, from: StarLoadFrom, options: StarModelOptions = {}): Promise<StarModel> {
+    const precision = resolvePrecision(gpu, options, { activations: 'f32', cacheDtype: 'f32' });
+    const ffn = options.ffnBlockBytes ?? DEFAULT_FFN_BLOCK_BYTES;
     if (typeof from !== 'string') {
       const { arch, config, weights } = await loadStarWeights(gpu, from, options);
-      return new StarModel(gpu, arch, config, weights, options.ffnBlockBytes ?? DEFAULT_FFN_BLOCK_BYTES);
+      return new StarModel(gpu, arch, config, weights, ffn, precision);
     }
     const checkpoint = await Checkpoint.open(from, options);
     try {
       const { arch, config, weights } = await loadStarWeights(gpu, checkpoint, { file: from, ...options });
-      return new StarModel(gpu, arch, config, weights, options.ffnBlockBytes ?? DEFAULT_FFN_BLOCK_BYTES);
+      return new StarModel(gpu, arch, config, weights, ffn, precision);
     } finally {
       await checkpoint.close();
     }
@@ -107,12 +134,13 @@ export class StarModel {
     if (!Number.isInteger(batch) || batch < 1 || (rows !== batch && rows !== 2 * batch)) {
       throw new Error(`${rows} text rows do not fit ${batch} prompts (rows = B without guidance, 2B with)`);
     }
+    const precision = resolvePrecision(gpu, options, this.precision);
     const sos = linear(gpu, text.pooled, this.weights.encoderProjW, this.weights.encoderProjB);
     const sosPos = add(gpu, sos, this.weights.posStart);
     sos.dispose();
     const tokens = options.cacheTokens ?? scaleStarts(patchNums).at(-1)!;
-    const cache = new KvCache(gpu, config.depth, rows, config.width, tokens, options.cacheDtype, 'star-kv');
-    return new StarGeneration(gpu, batch, rows, patchNums, text, sosPos, cache, config.headDim, config.ropeTheta, config.ropeNormalize);
+    const cache = new KvCache(gpu, config.depth, rows, config.width, tokens, precision.cacheDtype, 'star-kv');
+    return new StarGeneration(gpu, batch, rows, patchNums, text, sosPos, cache, config.headDim, config.ropeTheta, config.ropeNormalize, precision.activations);
   }
 
   /** Scale 0's input without the level embedding: the start token of each row, [n, 1, C]. */
@@ -186,10 +214,13 @@ export class StarModel {
     if (ropeRows !== L && ropeRows !== n * L) throw new Error(`step RoPE table ${step.rope} has ${ropeRows} rows; the step needs ${L} (shared) or ${n}·${L} (one table per row)`);
 
     // Self-attention over the cache of earlier scales plus this step (no mask: all of this scale is visible).
-    const h = layerNorm(gpu, xs, { eps });
-    const q = linear(gpu, h, w.wq, w.qBias);
-    const k = linear(gpu, h, w.wk, w.kBias);
-    const v = linear(gpu, h, w.wv, w.vBias);
+    // `act` is the storage dtype of the linears' inputs and of q/k/v, the attention and FFN outputs; the
+    // linears that write into the residual stream (proj, cross proj, fc2) give f32.
+    const act = gen.activations;
+    const h = layerNorm(gpu, xs, { eps, outDtype: act });
+    const q = linear(gpu, h, w.wq, w.qBias, { outDtype: act });
+    const k = linear(gpu, h, w.wk, w.kBias, { outDtype: act });
+    const v = linear(gpu, h, w.wv, w.vBias, { outDtype: act });
     h.dispose();
     applyRope(gpu, q, step.rope, { heads: H, rowsPerBatch: ropeRows });
     applyRope(gpu, k, step.rope, { heads: H, rowsPerBatch: ropeRows });
@@ -207,8 +238,8 @@ export class StarModel {
     y.dispose();
 
     // Cross-attention of the step's first row only; its output goes to every row (upstream's `[0]`).
-    const hc = layerNorm(gpu, xs.rows(0, L), { eps });
-    const qc = linear(gpu, hc, w.crossQW, w.crossQBias);
+    const hc = layerNorm(gpu, xs.rows(0, L), { eps, outDtype: act });
+    const qc = linear(gpu, hc, w.crossQW, w.crossQBias, { outDtype: act });
     hc.dispose();
     l2NormalizeHeads(gpu, qc, { heads: H, scale: w.crossScale, out: qc });
     const text = this.crossText(gen, step.textRow);
@@ -233,8 +264,8 @@ export class StarModel {
     const block = Math.max(unit, Math.floor(this.ffnBlockBytes / (config.ffnWidth * 4) / unit) * unit);
     for (let r0 = 0; r0 < n * L; r0 += block) {
       const xr = xs.rows(r0, Math.min(block, n * L - r0));
-      const h2 = layerNorm(gpu, xr, { eps });
-      const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh' });
+      const h2 = layerNorm(gpu, xr, { eps, outDtype: act });
+      const f = linear(gpu, h2, w.fc1W, w.fc1B, { activation: 'gelu_tanh', outDtype: act });
       h2.dispose();
       const y2 = linear(gpu, f, w.fc2W, w.fc2B);
       f.dispose();

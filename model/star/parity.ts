@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
-import { type ParityEntry, relMaxError } from '../parity/measure.js';
+import { parityTolerance, type ParityEntry, relMaxError } from '../parity/measure.js';
 import { Checkpoint } from '../weights/checkpoint.js';
 import { StarModel } from './model.js';
 import { VarVqvae } from './vqvae.js';
@@ -20,8 +20,11 @@ import { VarVqvae } from './vqvae.js';
 export type { ParityEntry };
 
 export interface StarParityOptions {
-  /** Pass bar per key (default 1e-3: f32 lands near 1e-5, a wrong operation at 1e-2 or more). */
+  /** Pass bar per key (default parityTolerance(precision): 1e-3 on f32, where it lands near 1e-5; 1e-2 on f16). */
   tol?: number;
+  /** Activation and KV cache dtypes of the replay (default f32, the reference path). */
+  activations?: 'f32' | 'f16';
+  cacheDtype?: 'f32' | 'f16';
   /** Called as each key is measured. */
   onEntry?: (entry: ParityEntry) => void;
   /** Largest VQ-VAE decoder feature-map chunk (tests lower it to exercise the split path). */
@@ -37,12 +40,29 @@ interface FixtureConfig {
 
 
 export async function runStarParity(gpu: Gpu, dir: string, options: StarParityOptions = {}): Promise<ParityEntry[]> {
-  const tol = options.tol ?? 1e-3;
+  const tol = options.tol ?? parityTolerance(options);
   const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as FixtureConfig;
   const patchNums = config.patch_nums;
-  const golden = await Checkpoint.open(join(dir, 'golden.safetensors'));
-  const model = await StarModel.load(gpu, join(dir, 'model.safetensors'));
-  const vq = await VarVqvae.load(gpu, join(dir, 'vae.safetensors'), { maxChunkBytes: options.maxChunkBytes });
+  // The model first: it refuses a bad precision option before opening anything.
+  const model = await StarModel.load(gpu, join(dir, 'model.safetensors'), {
+    ...(options.activations ? { activations: options.activations } : {}),
+    ...(options.cacheDtype ? { cacheDtype: options.cacheDtype } : {}),
+  });
+  let vq: VarVqvae;
+  let golden: Checkpoint;
+  try {
+    vq = await VarVqvae.load(gpu, join(dir, 'vae.safetensors'), { maxChunkBytes: options.maxChunkBytes });
+  } catch (err) {
+    model.dispose();
+    throw err;
+  }
+  try {
+    golden = await Checkpoint.open(join(dir, 'golden.safetensors'));
+  } catch (err) {
+    model.dispose();
+    vq.dispose();
+    throw err;
+  }
   const live: Tensor[] = [];
   const keep = <T extends Tensor>(t: T): T => (live.push(t), t);
   const entries: ParityEntry[] = [];

@@ -111,12 +111,12 @@ describe(`Infinity f16 paths on infinity-tiny (seed ${runSeed})`, () => {
     }
   });
 
-  it('parity through runParity (what `stagevar parity --kv-cache f16` runs), and its refusal for other kinds', async () => {
+  it('the refusal of runParity (what `stagevar parity --precision/--kv-cache` runs) for kinds without f16 paths', async () => {
     const gpu = await testGpu();
-    await expect(runParity(gpu, fixture('star-tiny'), undefined, { activations: 'f16' })).rejects.toThrow(
-      /parity: activations f16 is supported for infinity and infinity-8b fixtures only; .* is a star fixture/,
+    await expect(runParity(gpu, fixture('stagevar-tiny'), undefined, { cacheDtype: 'f16' })).rejects.toThrow(
+      /parity: cacheDtype f16 is supported for infinity, infinity-8b, star fixtures only; .* is a stagevar fixture/,
     );
-    await expect(runParity(gpu, fixture('stagevar-tiny'), undefined, { cacheDtype: 'f16' })).rejects.toThrow(/cacheDtype f16 .* is a stagevar fixture/);
+    await expect(runParity(gpu, fixture('clip-tiny'), undefined, { activations: 'f16' })).rejects.toThrow(/activations f16 .* is a clip fixture/);
   });
 });
 
