@@ -146,7 +146,8 @@ export interface GenerateResult {
   /** Text tokens of each image's prompt. */
   textLens: number[];
   template: number;
-  resolution: ResolutionName;
+  /** The size class ('1M' …); null for a STAR scale list whose image size is not a released one. */
+  resolution: ResolutionName | null;
   schedule: Grid[];
   plans: ScalePlan[];
   stats: GenerationStats;

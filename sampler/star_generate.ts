@@ -133,7 +133,8 @@ export interface StarRunOptions {
 export interface StarRunResult {
   images: RgbImage[];
   textLens: number[];
-  resolution: ResolutionName;
+  /** The size class of the image side (VQ-VAE stride · last scale side), or null when it is not 256, 512, 768 or 1024. */
+  resolution: ResolutionName | null;
   schedule: Grid[];
   plans: ScalePlan[];
   textMs: number;
@@ -231,11 +232,11 @@ export async function runStar(gpu: Gpu, p: StarPipeline, o: StarRunOptions): Pro
       const images = await decodeImages(p.vq, loop.fhat);
       const decodeMs = now() - d0;
       o.onDecode?.(decodeMs, images.length);
-      const pixels = 16 * patchNums[patchNums.length - 1];
+      const pixels = p.vq.config.stride * patchNums[patchNums.length - 1];
       const result: StarRunResult = {
         images,
         textLens: promptOfImage.map((i) => prompts.lens[i]),
-        resolution: SIZES[pixels] ?? SIZES[size] ?? '1M',
+        resolution: SIZES[pixels] ?? null,
         schedule,
         plans,
         textMs,

@@ -101,6 +101,7 @@ describe('stagevar generate on STAR', () => {
     expect((await readdir(trace)).filter((f) => f.endsWith('.png'))).toHaveLength(5);
     const timings = JSON.parse(await readFile(join(trace, 'timings.json'), 'utf8'));
     expect(timings.scales.map((s: { branches: string }) => s.branches)).toEqual(['both', 'both', 'both', 'uncond', 'uncond']);
+    expect([timings.template, timings.resolution]).toEqual([1, null]); // 80² is no released size class
     expect(timings.scales[4]).toMatchObject({ run: true, cfg: 0, rows: 1, policy: { kind: 'random-projection', rope: 'sampled-slots' } });
     expect(timings.scales[4].policy.ranks).toHaveLength(3);
     // … and the seeded draws: the same seed gives the same image, vanilla another.
