@@ -10,7 +10,9 @@
 import { join } from 'node:path';
 import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
-import { F32_TOL, fixtureInputs, loadFixtureModel, openInfinityFixture, type InfinityFixture } from '../model/infinity/parity.js';
+import { fixtureInputs, loadFixtureModel, openInfinityFixture, type InfinityFixture } from '../model/infinity/parity.js';
+import type { ParityPrecision } from '../model/parity/fixtures.js';
+import { parityTolerance } from '../model/parity/measure.js';
 import { relMaxError, type ParityEntry } from '../model/parity/measure.js';
 import { loadBsqDecoder } from '../model/vae/load.js';
 import { perScale, vanillaPlan } from './plan.js';
@@ -63,9 +65,14 @@ export function fixturePlans(f: InfinityFixture, chunks: number, depth: number):
   return applyPolicy(fixturePolicy(f.config, n), base, { chunks, depth, ...alpha }).plans;
 }
 
-export async function runStageVarParity(gpu: Gpu, dir: string, onEntry?: (e: ParityEntry) => void, tol = F32_TOL): Promise<ParityEntry[]> {
+/**
+ * Replays a StageVAR fixture (recorded draws injected) and compares every recorded key. `precision` runs
+ * the f16 paths (the bar then defaults to F16_TOL instead of F32_TOL).
+ */
+export async function runStageVarParity(gpu: Gpu, dir: string, onEntry?: (e: ParityEntry) => void, tol?: number, precision: ParityPrecision = {}): Promise<ParityEntry[]> {
+  const bar = tol ?? parityTolerance(precision);
   const f = await openInfinityFixture(dir);
-  const model = await loadFixtureModel(gpu, f);
+  const model = await loadFixtureModel(gpu, f, precision);
   const kept = new Map<string, Tensor>();
   try {
     const { chunks, depth } = model.config;
@@ -111,7 +118,7 @@ export async function runStageVarParity(gpu: Gpu, dir: string, onEntry?: (e: Par
     const entries: ParityEntry[] = [];
     const compare = async (key: string, got: ArrayLike<number>) => {
       const want = await f.golden.readTensorF32(key);
-      const e: ParityEntry = { key, error: relMaxError(got, want), tol };
+      const e: ParityEntry = { key, error: relMaxError(got, want), tol: bar };
       entries.push(e);
       onEntry?.(e);
     };

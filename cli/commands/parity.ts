@@ -1,12 +1,13 @@
 // `stagevar parity DIR`: runs a reference fixture through the engine and compares every recorded tensor.
 import type { Command } from 'commander';
 import { Gpu } from '../../engine/device.js';
-import { registerParityRunner, runParity, type ParityPrecision } from '../../model/parity/fixtures.js';
+import { registerParityRunner, registerPrecisionRunner, runParity, type ParityPrecision } from '../../model/parity/fixtures.js';
 import { runStageVarParity } from '../../sampler/stagevar_parity.js';
 import type { ParityEntry } from '../../model/parity/measure.js';
 
 // StageVAR's replay lives in sampler/ (it drives the policy table), above model/: registered from here.
 registerParityRunner('stagevar', (gpu, dir, onEntry) => runStageVarParity(gpu, dir, onEntry));
+registerPrecisionRunner('stagevar', (gpu, dir, precision) => runStageVarParity(gpu, dir, undefined, undefined, precision));
 
 function dtypeOption(flag: string, value: string | undefined): 'f32' | 'f16' | undefined {
   if (value === undefined || value === 'f32' || value === 'f16') return value;
@@ -19,8 +20,8 @@ export function register(program: Command): void {
     .argument('<dir>', 'fixture folder (infinity, infinity 8B, stagevar, star, t5 or clip kind)')
     .description('compare the engine with a reference fixture: one line per tensor, max|error| / max|reference|; exit 0 only if all pass')
     .option('--json', 'print the results as JSON')
-    .option('--precision <dtype>', 'infinity and star fixtures: activation dtype f32 (reference) or f16 (needs shader-f16); judged against 1e-2 instead of 1e-3')
-    .option('--kv-cache <dtype>', 'infinity and star fixtures: KV cache dtype f32 or f16 (f16: judged against 1e-2)')
+    .option('--precision <dtype>', 'infinity, stagevar and star fixtures: activation dtype f32 (reference) or f16 (needs shader-f16); judged against 1e-2 instead of 1e-3')
+    .option('--kv-cache <dtype>', 'infinity, stagevar and star fixtures: KV cache dtype f32 or f16 (f16: judged against 1e-2)')
     .action(async (dir: string, opts: { json?: boolean; precision?: string; kvCache?: string }) => {
       const precision: ParityPrecision = { activations: dtypeOption('--precision', opts.precision), cacheDtype: dtypeOption('--kv-cache', opts.kvCache) };
       const gpu = await Gpu.create();

@@ -73,8 +73,8 @@ export interface ParityPrecision {
   cacheDtype?: 'f32' | 'f16';
 }
 
-/** Runners of the kinds that also run reduced precision (the Infinity and STAR transformers' f16 paths).
- *  The StageVAR replay (sampler/) loads its model itself and has no precision option yet. */
+/** Runners of the kinds that also run reduced precision (the Infinity and STAR transformers' f16 paths;
+ *  the StageVAR replay, which lives in sampler/, registers its own). */
 const precisionRunners = new Map<FixtureKind, (gpu: Gpu, dir: string, precision: ParityPrecision) => Promise<ParityEntry[]>>([
   ['infinity', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
   ['infinity-8b', (gpu, dir, precision) => runInfinityParity(gpu, dir, precision)],
@@ -84,6 +84,11 @@ const precisionRunners = new Map<FixtureKind, (gpu: Gpu, dir: string, precision:
 /** Registers the runner of a fixture kind (model families add theirs). */
 export function registerParityRunner(kind: FixtureKind, runner: ParityRunner): void {
   runners.set(kind, runner);
+}
+
+/** Registers the reduced-precision runner of a fixture kind (`--precision` / `--kv-cache`). */
+export function registerPrecisionRunner(kind: FixtureKind, runner: (gpu: Gpu, dir: string, precision: ParityPrecision) => Promise<ParityEntry[]>): void {
+  precisionRunners.set(kind, runner);
 }
 
 export async function runParity(

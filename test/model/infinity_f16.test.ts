@@ -113,8 +113,8 @@ describe(`Infinity f16 paths on infinity-tiny (seed ${runSeed})`, () => {
 
   it('the refusal of runParity (what `stagevar parity --precision/--kv-cache` runs) for kinds without f16 paths', async () => {
     const gpu = await testGpu();
-    await expect(runParity(gpu, fixture('stagevar-tiny'), undefined, { cacheDtype: 'f16' })).rejects.toThrow(
-      /parity: cacheDtype f16 is supported for infinity, infinity-8b, star fixtures only; .* is a stagevar fixture/,
+    await expect(runParity(gpu, fixture('t5-tiny'), undefined, { cacheDtype: 'f16' })).rejects.toThrow(
+      /parity: cacheDtype f16 is supported for infinity, infinity-8b, star fixtures only; .* is a t5 fixture/,
     );
     await expect(runParity(gpu, fixture('clip-tiny'), undefined, { activations: 'f16' })).rejects.toThrow(/activations f16 .* is a clip fixture/);
   });

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { detectFixtureKind, registerParityRunner, runParity } from '../../model/parity/fixtures.js';
-import type { ParityEntry } from '../../model/parity/measure.js';
+import { detectFixtureKind, registerParityRunner, registerPrecisionRunner, runParity } from '../../model/parity/fixtures.js';
+import { F16_TOL, type ParityEntry } from '../../model/parity/measure.js';
 import { runStageVarParity } from '../../sampler/stagevar_parity.js';
 import { fixture, releaseTestGpu, testGpu } from '../helpers.js';
 
@@ -28,5 +28,21 @@ describe('stagevar-tiny parity (official StageVAR code, f32)', () => {
       'chunk_in.0', 'chunk_in.1', 'rp.0.out', 'rp.1.out', 'chunk_prev.0', 'chunk_prev.1', 'chunk_out.0', 'chunk_out.1', 'latent',
     ]);
     for (const e of entries) expect(e.error, e.key).toBeLessThan(e.tol);
+  });
+});
+
+// The f16 paths through the same replay (`stagevar parity DIR --precision f16 --kv-cache f16`): every key within
+// F16_TOL (measured worst: logits 4.8e-4), and the f16 run really differs from the f32 one.
+describe('stagevar-tiny parity on the f16 paths', () => {
+  it('f16 activations + f16 KV cache: every key within 1e-2, not the f32 result', async () => {
+    const gpu = await testGpu();
+    registerPrecisionRunner('stagevar', (g, dir, precision) => runStageVarParity(g, dir, undefined, undefined, precision));
+    const { entries } = await runParity(gpu, fixture('stagevar-tiny'), undefined, { activations: 'f16', cacheDtype: 'f16' });
+    expect(entries).toHaveLength(20);
+    for (const e of entries) {
+      expect(e.tol, e.key).toBe(F16_TOL);
+      expect(e.error, e.key).toBeLessThan(F16_TOL);
+    }
+    expect(Math.max(...entries.filter((e) => e.key.startsWith('logits.')).map((e) => e.error))).toBeGreaterThan(1e-5);
   });
 });
