@@ -100,7 +100,8 @@ export type PolicyFamily = 'infinity' | 'star';
  * settings.
  */
 export function starPresets(scales: number): Readonly<Record<string, Policy>> {
-  if (!Number.isInteger(scales) || scales < 3) throw new RangeError(`STAR's stagevar preset needs at least 3 scales, got ${scales}`);
+  // The preset needs a scale to restore from before the two CFG-0 scales.
+  if (!Number.isInteger(scales) || scales < 3) return { vanilla: PRESETS.vanilla };
   return {
     vanilla: PRESETS.vanilla,
     stagevar: {
@@ -121,10 +122,13 @@ export function presetsFor(family: PolicyFamily, scales: number): Readonly<Recor
 
 /** `--policy` argument: a preset name of the model's family, or a JSON file. */
 export async function loadPolicy(arg: string, family: PolicyFamily = 'infinity', scales = 0): Promise<Policy> {
-  const presets = family === 'infinity' ? PRESETS : presetsFor(family, scales);
+  const presets = presetsFor(family, scales);
   const preset = presets[arg];
   if (preset) return preset;
-  if (PRESETS[arg]) throw new Error(`--policy ${arg} is an Infinity preset; ${family === 'star' ? 'STAR' : family} has ${Object.keys(presets).join(', ')} (or a .json file)`);
+  if (PRESETS[arg] || arg === 'stagevar') {
+    const why = arg === 'stagevar' ? `needs at least 3 scales (this schedule has ${scales})` : 'is an Infinity preset';
+    throw new Error(`--policy ${arg} ${why}; STAR has ${Object.keys(presets).join(', ')} here (or a .json file)`);
+  }
   if (!arg.toLowerCase().endsWith('.json')) throw new Error(`--policy "${arg}" is neither a preset (${Object.keys(presets).join(', ')}) nor a .json file`);
   return parsePolicy(await readJsonFile(arg, '--policy'), arg);
 }

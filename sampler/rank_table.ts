@@ -76,7 +76,8 @@ export const INFINITY_RANKS: RankTable = {
   name: 'Infinity',
   alphas: ALPHAS,
   ratios: (alpha, scale, _scales, units) => rankRatios(alpha, scale, units),
-  rank: (ratio, tokens) => rankOf(ratio, tokens),
+  // The official tables' ratios are < 1; a calibrated ratio of 1 would give M + 1: cap at the tokens.
+  rank: (ratio, tokens) => Math.min(rankOf(ratio, tokens), tokens),
 };
 
 /** The α keys of STAR's table. */
@@ -101,7 +102,7 @@ export const STAR_RANKS: RankTable = {
     if (units <= row.length) return row.slice(0, units);
     return Array.from({ length: units }, (_, l) => row[Math.floor((l * row.length) / units)]);
   },
-  rank: (ratio, tokens, width) => Math.floor(ratio * Math.min(tokens, width)) + 1,
+  rank: (ratio, tokens, width) => Math.min(Math.floor(ratio * Math.min(tokens, width)) + 1, tokens),
 };
 
 /** Canonical key of α in any family's table (policy files are parsed before the model is known). */

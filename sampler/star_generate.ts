@@ -13,9 +13,9 @@ import { VarVqvae } from '../model/star/vqvae.js';
 import { Checkpoint } from '../model/weights/checkpoint.js';
 import type { ScaleStats } from './loop.js';
 import { SIZES } from './options.js';
-import { checkTopK, checkTopP, validatePlans, type PerScale, type ScalePlan } from './plan.js';
+import { checkTopK, checkTopP, needsGuidance, validatePlans, type PerScale, type ScalePlan } from './plan.js';
 import { rgbFromPlanar, type RgbImage } from './png.js';
-import type { Grid, ResolutionName } from './schedule.js';
+import { parseRatio, type Grid, type ResolutionName } from './schedule.js';
 import { runStarLoop, starGrids, starVanillaPlan } from './star_loop.js';
 import { ClipPromptEncoder, pooledFromFeatures, starTextInput, type StarTextFeatures } from './star_text.js';
 import { mustExist, type TextFeatures } from './text.js';
@@ -158,11 +158,9 @@ async function decodeImages(vq: VarVqvae, fhat: Tensor): Promise<RgbImage[]> {
   }
 }
 
-function isSquare(ratio: number | string | undefined): boolean {
-  if (ratio === undefined) return true;
-  if (typeof ratio === 'number') return ratio === 1;
-  const m = /^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$/.exec(ratio);
-  return m ? Number(m[1]) === Number(m[2]) : Number(ratio) === 1;
+/** STAR is square: a ratio must read as h/w = 1 ("1:1", "2:2", 1). */
+export function isSquare(ratio: number | string | undefined): boolean {
+  return ratio === undefined || (typeof ratio === 'number' ? ratio : parseRatio(ratio)) === 1;
 }
 
 function withPooled(f: TextFeatures & { pooled?: Float32Array }, what: string, pooledWidth: number): StarTextFeatures {
@@ -187,7 +185,7 @@ export async function runStar(gpu: Gpu, p: StarPipeline, o: StarRunOptions): Pro
   let plans: ScalePlan[] = starVanillaPlan(patchNums, { cfg: o.cfg ?? STAR_DEFAULTS.cfg, tau: o.tau ?? STAR_DEFAULTS.tau });
   if (o.plan) plans = o.plan(plans.map((x) => ({ ...x })));
   validatePlans(plans, schedule);
-  const guidance = plans.some((x) => x.run && x.branches !== 'cond');
+  const guidance = needsGuidance(plans);
   if (o.prompts && !p.text) throw new Error('prompts need the CLIP text encoder: load one (textEncoder) or pass textFeatures');
   if (!o.prompts && !o.textFeatures) throw new Error('nothing to generate from: give a prompt (with a text encoder loaded) or text features');
   if (o.negativePrompt !== undefined && !p.text) throw new Error('a negative prompt needs the CLIP text encoder: load one or pass negativeFeatures');

@@ -25,7 +25,7 @@ import type { KvDType } from '../model/kv_cache.js';
 import type { StarModel } from '../model/star/model.js';
 import type { VarVqvae } from '../model/star/vqvae.js';
 import { driveScales, type ScaleStats } from './scale_driver.js';
-import { needsGuidance, perScale, validatePlans, type PerScale } from './plan.js';
+import { needsGuidance, perScale, validatePlans, type PerScale, type ProjectedTokens } from './plan.js';
 import { checkPolicyPlans, restoreSource, type PolicyPlan } from './policy_plan.js';
 import { disposeDraw, drawRp, project, restore, slotRopeTable, type RpDraw } from './rp.js';
 import type { RankTrace } from './stagevar.js';
@@ -78,20 +78,21 @@ const now = () => performance.now();
 export const starGrids = (patchNums: readonly number[]): Grid[] => patchNums.map((pn) => [pn, pn] as const);
 
 /**
- * Upstream STAR's sampler as plans: every scale on both rows with the guidance ramp t = cfg·s/(K−1) (so cfg
- * never means "off" here, unlike Infinity's cfg 1: t = 0 only at scale 0), τ 1 (STAR has no temperature;
- * another τ divides the mixed logits). A per-scale cfg of 0 is StageVAR's convention: that scale runs the
- * "" rows alone (`cfg[si] == 0 → x = x[B:]` in the official port).
+ * Upstream STAR's sampler as plans: every scale on both rows with the guidance ramp t = cfg·s/(K−1), τ 1 (STAR
+ * has no temperature; another τ divides the mixed logits). A cfg of 0 is STAR's own meaning, t = 0: the
+ * conditional logits (with 0 on every scale the "" rows are not run at all). StageVAR's other meaning of 0 —
+ * that scale on the "" rows alone (`cfg[si] == 0 → x = x[B:]` in its port) — comes only from a policy's rule.
  */
 export function starVanillaPlan(patchNums: readonly number[], o: { cfg: PerScale; tau?: PerScale }): PolicyPlan[] {
   const K = patchNums.length;
   const cfg = perScale('cfg', o.cfg, K);
   const tau = perScale('tau', o.tau ?? 1, K);
+  const guidance = cfg.some((c) => c !== 0);
   return patchNums.map((pn, scale) => ({
     scale,
     grid: [pn, pn] as const,
     run: true,
-    branches: cfg[scale] === 0 ? ('uncond' as const) : ('both' as const),
+    branches: guidance ? ('both' as const) : ('cond' as const),
     cfg: cfg[scale],
     tau: tau[scale],
     tokens: 'all' as const,
@@ -144,18 +145,29 @@ export async function runStarLoop(gpu: Gpu, o: StarLoopOptions): Promise<StarLoo
         const pn = patchNums[plan.scale];
         const rows = branchRows(gen, plan);
         const next = plan.scale === 0 ? null : vq.nextInput(F, pn);
-        let x = model.scaleInput(gen, plan.scale, next, rows);
-        next?.dispose();
+        let x: Tensor;
+        try {
+          x = model.scaleInput(gen, plan.scale, next, rows);
+        } finally {
+          next?.dispose();
+        }
+        let idx: Tensor;
         try {
           x = runLayers(o, gen, plan, rows, x, layers, ranks);
-          const idx = sampleScale(gpu, o, gen, plan, x, batch);
-          const h = vq.codes(idx, batch, pn);
-          vq.accumulate(F, plan.scale, patchNums, h);
-          h.dispose();
-          if (o.keepTokens) tokens.push((await idx.read()) as Int32Array);
-          idx.dispose();
+          idx = sampleScale(gpu, o, gen, plan, x, batch);
         } finally {
           x.dispose();
+        }
+        try {
+          const h = vq.codes(idx, batch, pn);
+          try {
+            vq.accumulate(F, plan.scale, patchNums, h);
+          } finally {
+            h.dispose();
+          }
+          if (o.keepTokens) tokens.push((await idx.read()) as Int32Array);
+        } finally {
+          idx.dispose();
         }
         return rows.count;
       },
@@ -185,13 +197,11 @@ function branchRows(gen: StarGeneration, plan: PolicyPlan): RowRange {
   }
 }
 
-/** The layers of one scale on x [n, T, C] (consumed) → the last layer's full output. */
+/** The layers of one scale on x [n, T, C] (the caller disposes x, also on an error) → the last layer's full
+ *  output (x itself, or a new tensor once a projected layer replaced it; x is then already freed). */
 function runLayers(o: StarLoopOptions, gen: StarGeneration, plan: PolicyPlan, rows: RowRange, x: Tensor, layers: LayerRecorder, ranks: RankTrace[]): Tensor {
   const { model } = o;
-  const gpu = model.gpu;
-  const pn = plan.grid[0];
-  const T = pn * pn;
-  const C = model.config.width;
+  const T = plan.grid[0] * plan.grid[1];
   const tokens = plan.tokens;
   layers.begin(plan, rows);
   if (tokens === 'all') {
@@ -204,36 +214,74 @@ function runLayers(o: StarLoopOptions, gen: StarGeneration, plan: PolicyPlan, ro
     return x;
   }
   if (tokens.kind !== 'random-projection') throw new Error(`scale ${plan.scale}: token policy ${tokens.kind} is not available for STAR`);
-  const source = layers.source(plan.scale);
   ranks.push({ scale: plan.scale, grid: plan.grid, rows, ranks: [...tokens.ranks], rope: tokens.rope });
-  const keys = Array.from({ length: rows.count }, (_, i) => o.seeds[gen.promptOf(rows.start + i)]);
-  const table = gen.scaleRope(plan.scale);
+  const scale: ProjectedScale = {
+    o,
+    gen,
+    plan,
+    rows,
+    tokens,
+    keys: Array.from({ length: rows.count }, (_, i) => o.seeds[gen.promptOf(rows.start + i)]),
+    table: gen.scaleRope(plan.scale),
+    source: layers.source(plan.scale),
+    layers,
+  };
   let cur = x;
-  for (let l = 0; l < model.config.depth; l++) {
-    o.signal?.throwIfAborted();
-    const r = tokens.ranks[l];
-    const draw = o.draws?.(plan.scale, l, rows, T, r) ?? drawRp(gpu, cur, { tokens: T, rank: r, keys, scale: plan.scale, chunk: l });
-    let projected: Tensor | null = null;
-    let rope: Tensor | null = null;
-    try {
-      projected = project(gpu, draw.q, cur);
-      // The official port rotates row k by the phase of its slot I[k]; 'first-rows' (Infinity's port) by cell k.
-      rope = tokens.rope === 'sampled-slots' ? slotRopeTable(gpu, table, 0, T, draw.index) : null;
-      const step = gen.customStep(rows, rope ?? table.rows(0, r), r);
-      model.runLayer(l, projected, gen, step);
-      const prev = source.output(l, rows);
-      const restored = restore(gpu, prev.tensor, source.grid, plan.grid, projected.reshape([rows.count * r, C]), draw.slots);
-      prev.release();
-      cur.dispose();
-      cur = restored.as([rows.count, T, C]);
-      layers.record(l, cur, rows, T);
-    } finally {
-      projected?.dispose();
-      rope?.dispose();
-      disposeDraw(draw);
-    }
+  try {
+    for (let l = 0; l < model.config.depth; l++) cur = projectedLayer(scale, l, cur);
+  } catch (err) {
+    if (cur !== x) cur.dispose();
+    throw err;
   }
   return cur;
+}
+
+/** What every layer of one projected scale shares. */
+interface ProjectedScale {
+  o: StarLoopOptions;
+  gen: StarGeneration;
+  plan: PolicyPlan;
+  rows: RowRange;
+  tokens: ProjectedTokens;
+  /** Philox key of each row (its image's seed). */
+  keys: number[];
+  /** The scale's RoPE table [T, D/2, 2]. */
+  table: Tensor;
+  source: ReturnType<LayerRecorder['source']>;
+  layers: LayerRecorder;
+}
+
+/** Layer l on the r projected rows of cur [n, T, C], restored to the T tokens: returns the new map (cur freed). */
+function projectedLayer(p: ProjectedScale, l: number, cur: Tensor): Tensor {
+  const { o, gen, plan, rows, tokens, table } = p;
+  const gpu = o.model.gpu;
+  const T = plan.grid[0] * plan.grid[1];
+  const C = o.model.config.width;
+  o.signal?.throwIfAborted();
+  const r = tokens.ranks[l];
+  const draw = o.draws?.(plan.scale, l, rows, T, r) ?? drawRp(gpu, cur, { tokens: T, rank: r, keys: p.keys, scale: plan.scale, chunk: l });
+  let projected: Tensor | null = null;
+  let rope: Tensor | null = null;
+  try {
+    projected = project(gpu, draw.q, cur);
+    // The official port rotates row k by the phase of its slot I[k]; 'first-rows' (Infinity's port) by cell k.
+    rope = tokens.rope === 'sampled-slots' ? slotRopeTable(gpu, table, 0, T, draw.index) : null;
+    o.model.runLayer(l, projected, gen, gen.customStep(rows, rope ?? table.rows(0, r), r));
+    const prev = p.source.output(l, rows);
+    let restored: Tensor;
+    try {
+      restored = restore(gpu, prev.tensor, p.source.grid, plan.grid, projected.reshape([rows.count * r, C]), draw.slots).as([rows.count, T, C]);
+    } finally {
+      prev.release();
+    }
+    p.layers.record(l, restored, rows, T);
+    cur.dispose();
+    return restored;
+  } finally {
+    projected?.dispose();
+    rope?.dispose();
+    disposeDraw(draw);
+  }
 }
 
 /** Logits of the scale (CFG-mixed before the head when both rows ran) and the draw of one token per position. */

@@ -11,7 +11,7 @@ import type { Grid } from '../../sampler/schedule.js';
 import { checkCfg, checkTau, checkTopK, checkTopP } from '../../sampler/plan.js';
 import { ALPHA_HELP, POLICY_HELP, RANKS_HELP, checkPolicyFlags, type CheckedPolicy, type RunShape } from '../../sampler/policy_cli.js';
 import { policyPlanHook, type PolicyContext } from '../../sampler/policy_plan.js';
-import { STAR_DEFAULTS, inspectStarFiles, starPatchNums } from '../../sampler/star_generate.js';
+import { STAR_DEFAULTS, inspectStarFiles, isSquare, starPatchNums } from '../../sampler/star_generate.js';
 import { starGrids } from '../../sampler/star_loop.js';
 import { encodePng, indexedPath, writeFilesAtomically, type RgbImage } from '../../sampler/png.js';
 import { mustExist, readFeaturesFile, type FeaturesFile } from '../../sampler/text.js';
@@ -129,7 +129,7 @@ export async function checkGenerateFlags(flags: GenerateFlags): Promise<Checked>
   let defaultTau = 0.5;
   if (star) {
     const arch = (await inspectStarFiles({ model: f.model, vae: f.vae })).model;
-    if (f.ratio.replace(/\s/g, '') !== '1:1' && Number(f.ratio) !== 1) throw new Error(`--ratio ${f.ratio}: STAR generates square images only (use 1:1)`);
+    if (!isSquare(f.ratio)) throw new Error(`--ratio ${f.ratio}: STAR generates square images only (use 1:1)`);
     patchNums = starPatchNums(size, arch.levels, f.patchNums === undefined ? undefined : [parseNumberList('--patch-nums', f.patchNums)].flat());
     schedule = starGrids(patchNums);
     [textWidth, textMaxLen] = [arch.text_width, 77];

@@ -8,13 +8,14 @@ import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { scaleStarts, type Grid } from '../../sampler/schedule.js';
 import { KvCache, type RowRange } from '../kv_cache.js';
+import type { ActivationDType } from '../precision.js';
 import { ropePositions, ropeTable } from './rope.js';
 import { disposeConditioning, type Conditioning } from './text.js';
 
 export type { RowRange } from '../kv_cache.js';
 
 /** Storage dtype of the activations that feed and leave the linears (the residual stream is always f32). */
-export type ActivationDType = 'f32' | 'f16';
+export type { ActivationDType };
 
 /** One forward step of some sequence rows over `tokens` new tokens per row. */
 export interface ScaleStep {

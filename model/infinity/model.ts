@@ -32,36 +32,18 @@ import { Checkpoint } from '../weights/checkpoint.js';
 import type { TensorSource } from '../weights/gpu_load.js';
 import { scaleStarts, type Grid } from '../../sampler/schedule.js';
 import type { InfinityConfig } from './config.js';
-import { Generation, ropeTensor, type ActivationDType, type RowRange, type ScaleStep } from './generation.js';
-import { KvCache, type KvDType } from '../kv_cache.js';
+import { Generation, ropeTensor, type RowRange, type ScaleStep } from './generation.js';
+import { KvCache } from '../kv_cache.js';
+import { resolvePrecision, type Precision } from '../precision.js';
 import { runLayer } from './layer.js';
 import { ropeTable } from './rope.js';
 import { encodeText, type TextInput } from './text.js';
 import { release, rowsView } from './views.js';
 import { loadInfinityWeights, type InfinityWeights, type LoadOptions } from './weights.js';
 
-/** Storage dtypes of a generation (see the header). */
-export interface Precision {
-  activations: ActivationDType;
-  cacheDtype: KvDType;
-}
+export type { Precision } from '../precision.js';
 
 export interface InfinityModelOptions extends LoadOptions, Partial<Precision> {}
-
-/** `over` on top of `base`, validated against the device. */
-function resolvePrecision(gpu: Gpu, over: Partial<Precision>, base: Precision): Precision {
-  const activations = over.activations ?? base.activations;
-  const cacheDtype = over.cacheDtype ?? base.cacheDtype;
-  if (activations !== 'f32' && activations !== 'f16') throw new Error(`Infinity: activations must be 'f32' or 'f16', got ${String(activations)}`);
-  if (cacheDtype !== 'f32' && cacheDtype !== 'f16') throw new Error(`Infinity: cacheDtype must be 'f32' or 'f16', got ${String(cacheDtype)}`);
-  if (activations === 'f16' && !gpu.hasF16) {
-    throw new Error(
-      `Infinity: activations 'f16' need the WebGPU feature shader-f16, which this device (${gpu.adapter.description || gpu.adapter.device || 'adapter'}) lacks; ` +
-        `use activations 'f32' (cacheDtype 'f16' works without the feature)`,
-    );
-  }
-  return { activations, cacheDtype };
-}
 
 export interface BeginOptions extends Partial<Precision> {
   text: TextInput;
@@ -87,7 +69,7 @@ export class InfinityModel {
    */
   static async load(gpu: Gpu, from: string | (TensorSource & { names(): string[] }), options: InfinityModelOptions = {}): Promise<InfinityModel> {
     const { activations, cacheDtype, ...loadOptions } = options;
-    const precision = resolvePrecision(gpu, { activations, cacheDtype }, { activations: 'f32', cacheDtype: 'f32' });
+    const precision = resolvePrecision(gpu, 'Infinity', { activations, cacheDtype });
     if (typeof from !== 'string') {
       const { config, weights } = await loadInfinityWeights(gpu, from, loadOptions);
       return new InfinityModel(gpu, config, weights, precision);
@@ -111,7 +93,7 @@ export class InfinityModel {
   /** Computes the per-generation constants and allocates the KV cache (precision: the model's unless given). */
   begin(options: BeginOptions): Generation {
     const { gpu, config } = this;
-    const precision = resolvePrecision(gpu, options, this.precision);
+    const precision = resolvePrecision(gpu, 'Infinity', options, this.precision);
     const cond = encodeText(gpu, config, this.weights, options.text);
     const tokens = options.cacheTokens ?? scaleStarts(options.schedule).at(-1)!;
     const cache = new KvCache(gpu, config.depth, cond.rows, config.width, tokens, precision.cacheDtype);

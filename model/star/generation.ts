@@ -7,6 +7,7 @@ import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
 import { scaleStarts } from './config.js';
 import { KvCache, type RowRange } from '../kv_cache.js';
+import type { ActivationDType } from '../precision.js';
 import { scaleRopeTable } from './rope.js';
 
 export type { RowRange } from '../kv_cache.js';
@@ -62,7 +63,7 @@ export class StarGeneration {
     private readonly theta: number,
     private readonly normalize: number,
     /** Storage dtype of what feeds and leaves the layers' linears (the residual stream is always f32). */
-    readonly activations: 'f32' | 'f16' = 'f32',
+    readonly activations: ActivationDType = 'f32',
   ) {
     this.starts = scaleStarts(patchNums);
   }

@@ -25,6 +25,7 @@ import { Checkpoint, type OpenCheckpointOptions } from '../weights/checkpoint.js
 import { checkPatchNums, defaultPatchNums, scaleStarts, type StarConfig } from './config.js';
 import { StarGeneration, type CrossText, type RowRange, type StarStep, type StarTextInput } from './generation.js';
 import { KvCache, type KvDType } from '../kv_cache.js';
+import { resolvePrecision, type Precision } from '../precision.js';
 import { ropeTable } from './rope.js';
 import { loadStarWeights, type StarLoadOptions, type StarWeightSource, type StarWeights } from './weights.js';
 import type { StarArch } from '../arch.js';
@@ -61,23 +62,6 @@ export interface StarModelOptions extends StarLoadOptions, OpenCheckpointOptions
   cacheDtype?: KvDType;
 }
 
-/** Activation and cache dtypes of a generation, checked against the device. */
-export interface StarPrecision {
-  activations: 'f32' | 'f16';
-  cacheDtype: KvDType;
-}
-
-function resolvePrecision(gpu: Gpu, over: Partial<StarPrecision>, base: StarPrecision): StarPrecision {
-  const activations = over.activations ?? base.activations;
-  const cacheDtype = over.cacheDtype ?? base.cacheDtype;
-  if (activations !== 'f32' && activations !== 'f16') throw new Error(`STAR: activations must be 'f32' or 'f16', got ${String(activations)}`);
-  if (cacheDtype !== 'f32' && cacheDtype !== 'f16') throw new Error(`STAR: cacheDtype must be 'f32' or 'f16', got ${String(cacheDtype)}`);
-  if (activations === 'f16' && !gpu.hasF16) {
-    throw new Error(`STAR: activations 'f16' need the WebGPU feature shader-f16, which this device (${gpu.adapter.description || gpu.adapter.device || 'adapter'}) lacks; use 'f32' (cacheDtype 'f16' works without it)`);
-  }
-  return { activations, cacheDtype };
-}
-
 const DEFAULT_FFN_BLOCK_BYTES = 64 << 20;
 
 function gcd(a: number, b: number): number {
@@ -93,7 +77,7 @@ export class StarModel {
     /** Largest FFN hidden block in bytes (the FFN runs in row blocks under it). */
     readonly ffnBlockBytes: number,
     /** Default precision of `begin`. */
-    readonly precision: StarPrecision,
+    readonly precision: Precision,
   ) {}
 
   /**
@@ -101,7 +85,7 @@ export class StarModel {
    * or found by its prefix) or an open tensor source. The architecture comes from the tensors alone.
    */
   static async load(gpu: Gpu, from: StarLoadFrom, options: StarModelOptions = {}): Promise<StarModel> {
-    const precision = resolvePrecision(gpu, options, { activations: 'f32', cacheDtype: 'f32' });
+    const precision = resolvePrecision(gpu, 'STAR', options);
     const ffn = options.ffnBlockBytes ?? DEFAULT_FFN_BLOCK_BYTES;
     if (typeof from !== 'string') {
       const { arch, config, weights } = await loadStarWeights(gpu, from, options);
@@ -134,7 +118,7 @@ export class StarModel {
     if (!Number.isInteger(batch) || batch < 1 || (rows !== batch && rows !== 2 * batch)) {
       throw new Error(`${rows} text rows do not fit ${batch} prompts (rows = B without guidance, 2B with)`);
     }
-    const precision = resolvePrecision(gpu, options, this.precision);
+    const precision = resolvePrecision(gpu, 'STAR', options, this.precision);
     const sos = linear(gpu, text.pooled, this.weights.encoderProjW, this.weights.encoderProjB);
     const sosPos = add(gpu, sos, this.weights.posStart);
     sos.dispose();

@@ -62,6 +62,17 @@ describe('no GPU memory is left behind by a generation', () => {
       const after = live();
       await run(2);
       expect(live()).toBe(after);
+      // Aborted inside the projected scale, after a layer replaced the token map: nothing is left behind either.
+      const ctl = new AbortController();
+      const aborted = runStarLoop(gpu, {
+        model, vq, text, patchNums, plans, seeds: [3], topK: 600, topP: 0.8, signal: ctl.signal,
+        draws: (_s, layer) => {
+          if (layer === 0) ctl.abort();
+          return null;
+        },
+      });
+      await expect(aborted).rejects.toThrow(/abort/i);
+      expect(live()).toBe(after);
     } finally {
       text.hidden.dispose();
       text.pooled.dispose();

@@ -37,6 +37,13 @@ describe("STAR's rank table", () => {
     expect(STAR_RANKS.rank(0.5, 100, 128)).toBe(51);
   });
 
+  it('never gives a rank above the tokens (a calibrated ratio of 1)', () => {
+    expect(STAR_RANKS.rank(1, 100, 128)).toBe(100);
+    expect(STAR_RANKS.rank(1, 4096, 1920)).toBe(1921);
+    expect(INFINITY_RANKS.rank(1, 50, Infinity)).toBe(50);
+    expect(INFINITY_RANKS.rank(0.5, 50, Infinity)).toBe(26);
+  });
+
   it('applies to the last scale only; fewer layers take the first entries, more map by depth', () => {
     const row = STAR_RANKS.ratios('0.96', 13, 14, 30);
     expect(STAR_RANKS.ratios('0.96', 7, 8, 3)).toEqual(row.slice(0, 3));
@@ -71,7 +78,16 @@ describe("STAR's presets", () => {
     await expect(loadPolicy('fastest', 'star', 14)).rejects.toThrow(/neither a preset \(vanilla, stagevar\) nor a \.json file/);
     const preset = starPresets(14).stagevar;
     expect(parsePolicy(JSON.parse(JSON.stringify(preset)), 'copy')).toEqual(preset);
-    expect(() => starPresets(2)).toThrow(/at least 3 scales/);
+    // Two scales leave no scale to restore from: no stagevar preset, and asking for it says why.
+    expect(Object.keys(starPresets(2))).toEqual(['vanilla']);
+    expect(await loadPolicy('vanilla', 'star', 2)).toBe(starPresets(2).vanilla);
+    await expect(loadPolicy('stagevar', 'star', 2)).rejects.toThrow(/--policy stagevar needs at least 3 scales \(this schedule has 2\); STAR has vanilla here/);
+  });
+
+  it("--cfg 0 is STAR's t = 0 (conditional logits, no \"\" rows), never StageVAR's unconditional-only scale", () => {
+    expect(starVanillaPlan(P1024, { cfg: 0 }).every((p) => p.branches === 'cond' && p.cfg === 0)).toBe(true);
+    const mixed = starVanillaPlan(P1024, { cfg: [0, ...Array(13).fill(4.5)] });
+    expect(mixed.every((p) => p.branches === 'both')).toBe(true);
   });
 
   it('checks --policy/--alpha against a STAR run before any GPU work', async () => {
