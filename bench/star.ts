@@ -115,7 +115,10 @@ export async function benchStar(gpu: Gpu): Promise<StarBenchRow[]> {
   const runs = intArg('--runs', 2);
   const seed = intArg('--seed', 1);
   const model = await StarModel.load(gpu, syntheticStar(sizes));
-  const vq = await VarVqvae.load(gpu, vaePath);
+  const vq = await VarVqvae.load(gpu, vaePath).catch((err: unknown) => {
+    model.dispose();
+    throw err;
+  });
   // One prompt (20 valid tokens) and the "" row (2 valid tokens), random CLIP-like states.
   const T = 77;
   const hidden = randomF32(2 * T * sizes.textWidth, 7);

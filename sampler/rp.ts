@@ -106,7 +106,12 @@ export function restore(gpu: Gpu, prev: Tensor, prevGrid: Grid, grid: Grid, out:
   if (!Number.isInteger(n) || prev.shape[prev.rank - 1] !== C) throw new Error(`RTR: previous map ${prev} is not [n·${prevGrid[0]}·${prevGrid[1]}, ${C}]`);
   const y = resize(gpu, prev.reshape([n, prevGrid[0], prevGrid[1], C]), grid[0], grid[1], 'area', { layout: 'nhwc' });
   const flat = y.as([n * grid[0] * grid[1], C]);
-  scatterRows(gpu, out.reshape([-1, C]), slots, flat);
+  try {
+    scatterRows(gpu, out.reshape([-1, C]), slots, flat);
+  } catch (err) {
+    flat.dispose();
+    throw err;
+  }
   return flat;
 }
 
