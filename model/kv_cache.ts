@@ -10,6 +10,7 @@
 
 import type { Gpu } from '../engine/device.js';
 import type { Tensor } from '../engine/tensor.js';
+import { attention } from '../kernels/attention.js';
 import { cast } from '../kernels/elementwise.js';
 import { copyRows } from '../kernels/layout.js';
 
@@ -89,6 +90,17 @@ export class KvCache {
   /** K and V of a row range as [count, capacity, C] views (the first `length` tokens are valid). */
   view(layer: number, rows: RowRange): { k: Tensor; v: Tensor } {
     return { k: this.k[layer].rows(rows.start, rows.count), v: this.v[layer].rows(rows.start, rows.count) };
+  }
+
+  /**
+   * A self-attention step of both models: appends the step's keys and values (k, v [n·tokens, C]) to the rows'
+   * cache, then attends q [n·tokens, C] over everything cached → [n, tokens, C] (q's dtype). k and v stay the
+   * caller's. The attention is cosine (q and k already normalised and scaled): softmax scale 1.
+   */
+  attend(layer: number, rows: RowRange, q: Tensor, k: Tensor, v: Tensor, tokens: number, heads: number): Tensor {
+    const kvLen = this.append(layer, rows, k, v, tokens);
+    const cached = this.view(layer, rows);
+    return attention(this.gpu, q.reshape([rows.count, tokens, this.width]), cached.k, cached.v, { heads, scale: 1, kvLen });
   }
 
   /** Cuts rows back to `length` tokens in every layer (e.g. to drop a scale and run it again another way). */

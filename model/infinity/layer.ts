@@ -14,7 +14,7 @@
 
 import type { Gpu } from '../../engine/device.js';
 import type { Tensor } from '../../engine/tensor.js';
-import { attention, attentionVarlen } from '../../kernels/attention.js';
+import { attentionVarlen } from '../../kernels/attention.js';
 import { linear } from '../../kernels/matmul.js';
 import { adaLayerNorm, gatedResidual, l2NormalizeHeads, layerNorm } from '../../kernels/norms.js';
 import { applyRope } from '../../kernels/rope.js';
@@ -93,12 +93,8 @@ export function selfAttentionBranch(
   const placement = { heads: H, rowsPerBatch: rope.rowsPerBatch, ...(rope.tableOffset !== undefined ? { tableOffset: rope.tableOffset } : {}) };
   applyRope(gpu, q, rope.table, placement);
   applyRope(gpu, k, rope.table, placement);
-  const kvLen = gen.cache.append(layer, rows, k, v, L);
-  k.dispose();
-  v.dispose();
-  const cached = gen.cache.view(layer, rows);
-  const o = attention(gpu, q.reshape([n, L, C]), cached.k, cached.v, { heads: H, scale: 1, kvLen });
-  q.dispose();
+  const o = gen.cache.attend(layer, rows, q, k, v, L, H);
+  for (const t of [q, k, v]) t.dispose();
   const y = linear(gpu, o.reshape([n * L, C]), w.projW, w.projB);
   o.dispose();
   return y;

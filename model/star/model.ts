@@ -210,12 +210,8 @@ export class StarModel {
     applyRope(gpu, k, step.rope, { heads: H, rowsPerBatch: ropeRows });
     l2NormalizeHeads(gpu, q, { heads: H, scale: w.selfScale, out: q });
     l2NormalizeHeads(gpu, k, { heads: H, out: k });
-    const kvLen = gen.cache.append(layer, rows, k, v, L);
-    k.dispose();
-    v.dispose();
-    const cached = gen.cache.view(layer, rows);
-    const o = attention(gpu, q.reshape([n, L, C]), cached.k, cached.v, { heads: H, scale: 1, kvLen });
-    q.dispose();
+    const o = gen.cache.attend(layer, rows, q, k, v, L, H);
+    for (const t of [q, k, v]) t.dispose();
     const y = linear(gpu, o.reshape([n * L, C]), w.projW, w.projB);
     o.dispose();
     gatedResidual(gpu, xs, y, null);
