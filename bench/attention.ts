@@ -7,13 +7,16 @@
 // gflops counts 4·B·H·Lq·Lk·D (q·kᵀ and p·v, multiply-adds as 2); gbps counts one read of q and of the
 // valid k/v rows and one write of the output, the least traffic the operation needs.
 //
+// On a GPU the self-attention rows run twice, with the tiled kernel (the device's choice) and the portable one
+// ('[portable kernel]'), so one run compares them; on a CPU adapter the largest case also runs the tiled kernel.
+//
 // Measured on lavapipe (2 cores shared with other jobs, so wall times vary 2×): ≈ 1.5–2.5 GFLOP/s for the
 // large self-attention shapes; ≈ 2.2–2.4 GFLOP per CPU-second in isolation.
 
 import type { Gpu } from '../engine/device.js';
 import { f32ToF16Array } from '../engine/dtype.js';
 import type { Tensor } from '../engine/tensor.js';
-import { attention, attentionVarlen } from '../kernels/attention.js';
+import { attention, attentionTesting, attentionVarlen } from '../kernels/attention.js';
 import { type BenchRow, randomF32, row, timeRuns } from './types.js';
 
 /** Unit vectors per head, times `mul`: cosine-attention inputs (logits bounded by mul). */
@@ -30,7 +33,7 @@ function unitHeads(x: Float32Array, d: number, mul: number): Float32Array {
 export async function benchAttention(gpu: Gpu, opts: { warmup?: number; runs?: number } = {}): Promise<BenchRow[]> {
   const warmup = opts.warmup ?? 1;
   const runs = opts.runs ?? 3;
-  const cpu = gpu.adapter.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(gpu.adapter.description);
+  const cpu = gpu.adapter.software;
   const d = 128;
   const h = cpu ? 2 : 16;
   const b = cpu ? 1 : 2;
@@ -64,10 +67,19 @@ export async function benchAttention(gpu: Gpu, opts: { warmup?: number; runs?: n
       const q = gpu.upload(unitHeads(randomF32(b * lq * c, 3), d, 20), [b, lq, c], 'f32');
       const out = gpu.empty([b, lq, c], 'f32');
       const [k, v] = caches[dtype];
-      const ms = await timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs);
       const flops = 4 * b * h * lq * kvLen * d;
       const bytes = 2 * b * lq * c * 4 + 2 * b * kvLen * c * (dtype === 'f32' ? 4 : 2);
-      rows.push(row('attention', `B${b} H${h} D${d} Lq${lq} Lk${kvLen}`, `f32 q, ${dtype} kv`, ms, flops, bytes));
+      const other = cpu ? (lq === selfCases[1][0] && dtype === 'f32' ? 'tiled' : null) : 'portable';
+      for (const kernel of other ? (['auto', other] as const) : (['auto'] as const)) {
+        attentionTesting.kernel = kernel;
+        try {
+          const ms = await timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs);
+          const name = kernel === 'auto' ? 'attention' : `attention [${kernel} kernel]`;
+          rows.push(row(name, `B${b} H${h} D${d} Lq${lq} Lk${kvLen}`, `f32 q, ${dtype} kv`, ms, flops, bytes));
+        } finally {
+          attentionTesting.kernel = 'auto';
+        }
+      }
       q.dispose();
       out.dispose();
     }

@@ -147,7 +147,7 @@ export async function benchLoad8b(gpu: Gpu, o: Load8bOptions): Promise<Load8bRow
     rows.push(row(`${label} load → GPU`, ms, total, `${o.dtype}→${o.linearDtype}`));
     const largestShard = Math.max(...shardSizes);
     // On a CPU adapter GPU buffers live in this process, so the loader's own share is RSS minus them.
-    const cpuAdapter = /llvmpipe|lavapipe|swiftshader/i.test(`${gpu.adapter.description} ${gpu.adapter.device}`);
+    const cpuAdapter = gpu.adapter.software;
     const own = cpuAdapter ? `; peak RSS − GPU buffers ${fmtGB(peakHost)} (+${fmtGB(peakHost - baseRss)} over the start)` : '';
     rows.push(note(`${label} host memory`, `RSS before ${fmtGB(baseRss)}, peak ${fmtGB(peakRss)} (+${fmtGB(peakRss - baseRss)})${own}; GPU buffers after load ${fmtGB(gpuBytes)}; largest shard ${fmtGB(largestShard)}`));
     const full = eightB(8, o.dtype).totalBytes();

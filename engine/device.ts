@@ -25,7 +25,14 @@ export interface GpuOptions {
   maxDispatchesPerSubmit?: number;
   /** Skip requesting `shader-f16` even when present (forces the portable paths). */
   disableF16?: boolean;
+  /** Which kernel variants to prefer: 'cpu' (software rasterisers such as lavapipe: per-lane loads are
+   *  expensive, workgroup memory is slow) or 'gpu' (workgroup-memory tiles). Default: env STAGEVAR_KERNELS,
+   *  else detected from the adapter (`software`). */
+  tuning?: KernelTuning;
 }
+
+export type KernelTuning = 'cpu' | 'gpu';
+const TUNINGS: readonly KernelTuning[] = ['cpu', 'gpu'];
 
 export interface AdapterSummary {
   vendor: string;
@@ -33,6 +40,8 @@ export interface AdapterSummary {
   device: string;
   description: string;
   backend: string;
+  /** A CPU implementation of the API (lavapipe/llvmpipe, SwiftShader, or any fallback adapter). */
+  software: boolean;
 }
 
 export type Bindable = Tensor | BufferRange;
@@ -62,6 +71,8 @@ export class Gpu {
   private readonly profiler: Profiler | null;
   readonly maxDispatchesPerSubmit: number;
   readonly validate: boolean;
+  /** Kernel variants this device prefers (see GpuOptions.tuning); kernels read it when picking a variant. */
+  readonly tuning: KernelTuning;
   dispatchCount = 0;
   submitCount = 0;
 
@@ -74,6 +85,7 @@ export class Gpu {
   ) {
     this.validate = options.validate ?? process.env.STAGEVAR_DEBUG_GPU === '1';
     this.maxDispatchesPerSubmit = this.validate ? 1 : (options.maxDispatchesPerSubmit ?? 256);
+    this.tuning = requestedTuning(options) ?? (adapter.software ? 'cpu' : 'gpu');
     const check = (what: string, fn: () => void) => this.scoped(what, fn);
     this.pipelines = new PipelineCache(device, check);
     this.bindGroups = new BindGroupCache(device, check);
@@ -96,6 +108,7 @@ export class Gpu {
       Object.assign(globalThis, globals);
       globalsInstalled = true;
     }
+    requestedTuning(options); // a bad value fails before any device exists
     const flags: string[] = [];
     const backend = options.backend ?? process.env.STAGEVAR_BACKEND;
     const adapterName = options.adapter ?? process.env.STAGEVAR_ADAPTER;
@@ -133,6 +146,10 @@ export class Gpu {
       device: info.device,
       description: info.description,
       backend: backendOf(info.description, backend),
+      software:
+        (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
+        info.architecture === 'software' ||
+        /llvmpipe|lavapipe|swiftshader/i.test(`${info.description} ${info.device}`),
     };
     const gpu = new Gpu(device, summary, device.limits, new Set([...device.features].map(String)), options);
     // The Dawn instance must outlive its device, even after destroy(): if it is garbage-collected while
@@ -150,8 +167,19 @@ export class Gpu {
     return this.features.has('subgroups');
   }
 
+  /** Fewest lanes a subgroup may have on this device (0 without the subgroups feature). */
+  get subgroupMinSize(): number {
+    if (!this.hasSubgroups) return 0;
+    return (this.device as GPUDevice & { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo?.subgroupMinSize ?? 0;
+  }
+
   get hasTimestamps(): boolean {
     return this.features.has('timestamp-query');
+  }
+
+  /** Names of the kernels compiled on this device so far: which variants a workload picked. */
+  get compiledKernels(): string[] {
+    return this.pipelines.names;
   }
 
   get profiling(): boolean {
@@ -472,6 +500,16 @@ function summarize(names: string[]): string {
   const counts = new Map<string, number>();
   for (const n of names) counts.set(n, (counts.get(n) ?? 0) + 1);
   return [...counts].map(([n, c]) => (c > 1 ? `${n}×${c}` : n)).join(', ');
+}
+
+/** The tuning asked for by option or env STAGEVAR_KERNELS, or undefined for auto-detection. */
+function requestedTuning(options: GpuOptions): KernelTuning | undefined {
+  const requested: string | undefined = options.tuning ?? process.env.STAGEVAR_KERNELS;
+  if (requested === undefined || requested === '') return undefined;
+  if (!(TUNINGS as readonly string[]).includes(requested)) {
+    throw new GpuError(`kernel tuning "${requested}" (option tuning / env STAGEVAR_KERNELS) is not one of: ${TUNINGS.join(', ')}`);
+  }
+  return requested as KernelTuning;
 }
 
 function backendOf(description: string, requested?: string): string {

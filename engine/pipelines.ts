@@ -49,6 +49,11 @@ export class PipelineCache {
     return this.pipelines.size;
   }
 
+  /** Names of the compiled kernels, in compile order (diagnostics, tests). */
+  get names(): string[] {
+    return [...this.pipelines.values()].map((k) => k.name);
+  }
+
   get(spec: KernelSpec): Kernel {
     const key = `${spec.name}\u0000${spec.entryPoint ?? 'main'}\u0000${JSON.stringify(spec.constants ?? {})}\u0000${spec.code}`;
     const hit = this.pipelines.get(key);

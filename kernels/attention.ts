@@ -20,9 +20,9 @@
 // sizes the private arrays) and the q/output dtype: f32, or f16 for the f16 activation path of
 // `attention` and `attentionVarlen` (needs shader-f16; q is widened on load, scores, softmax statistics
 // and the accumulator stay f32, the output is rounded once).
-// On real GPUs the runtime-indexed private arrays live in (cached) local memory rather than registers;
-// a variant with compile-time head-dim loops (or a subgroup/shared-memory kernel) is the next step there,
-// to be measured on such a GPU.
+// On real GPUs the runtime-indexed private arrays live in (cached) local memory rather than registers, so
+// devices tuned for GPUs run attention_tiled.ts instead (lanes sharing a query, keys staged in workgroup
+// memory) wherever it applies: no masks, head dim 32/64/128/256, subgroups.
 //
 // Masked scores (attentionMasked) are replaced by the most negative finite f32 (PyTorch's finfo.min, what
 // transformers adds for masks), not by -inf: a row whose keys are all masked then gets equal scores
@@ -37,13 +37,13 @@ import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
+import { TILED_HEAD_DIMS, type TiledAttentionVariant, tiledAttentionShape, tiledAttentionSpec } from './attention_tiled.js';
+import { MASKED_SCORE, VARLEN_FLAG, attentionPrelude } from './attention_wgsl.js';
 import { ceilDiv } from './wgsl.js';
 
 type KvDType = 'f32' | 'f16' | 'bf16';
 
-/** Largest finite f32, negated: the score of a masked key (torch.finfo(float32).min). */
-export const MASKED_SCORE = -3.4028234663852886e38;
-const MASKED_WGSL = '-3.4028234663852886e38f';
+export { MASKED_SCORE };
 
 /** Head-dim capacity classes: they size the private q and accumulator arrays (dcap/4 vec4 each). */
 const DCAPS = [64, 128, 256] as const;
@@ -53,7 +53,7 @@ const BK = 16;
 
 // Uniform flags: which optional inputs and masks are in play. One kernel serves all launchers because
 // every extra variant costs lavapipe seconds of shader compilation; the flag tests are uniform branches.
-const VARLEN = 1;
+const VARLEN = VARLEN_FLAG;
 const CAUSAL = 2;
 const KEY_MASK = 4;
 const BIAS = 8;
@@ -67,20 +67,6 @@ interface Variant {
   bq: number;
 }
 
-function kvLoad(name: string, kv: KvDType): string {
-  // One vec4 of a row: f32 directly; halves as two packed u32 words (no shader-f16 feature needed).
-  switch (kv) {
-    case 'f32':
-      return `fn load_${name}(i: u32) -> vec4<f32> { return ${name}[i]; }`;
-    case 'f16':
-      return `fn load_${name}(i: u32) -> vec4<f32> { let w = ${name}[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }`;
-    case 'bf16':
-      return (
-        `fn load_${name}(i: u32) -> vec4<f32> { let w = ${name}[i]; ` +
-        `return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u)); }`
-      );
-  }
-}
 
 const specs = new Map<string, KernelSpec>();
 
@@ -90,28 +76,13 @@ function attentionSpec(v: Variant): KernelSpec {
   const hit = specs.get(key);
   if (hit) return hit;
   const dc4 = v.dcap / 4;
-  const kvElem = v.kv === 'f32' ? 'vec4<f32>' : 'vec2<u32>';
   // Row (vec4 index of this head's first element) of key u of the current group of four; past the end
   // of the sequence the last key is re-read, so loads stay in range (its weight is forced to 0).
   const rows = [0, 1, 2, 3].map((u) => `let r${u} = (k0 + min(j + ${u}u, nk - 1u)) * p.c4 + hoff;`).join('\n        ');
-  const code = /* wgsl */ `${half ? 'enable f16;' : ''}
+  const code = /* wgsl */ `${attentionPrelude(v.io, v.kv)}
 // attention: k/v ${v.kv}, head dim ≤ ${v.dcap}, ${v.bq} queries per workgroup, ${BK} keys per softmax block${half ? ', q and o f16' : ''}
-struct P { d4: u32, c4: u32, q_len: u32, k_len: u32, q_batch: u32, k_batch: u32, n_seq: u32, flags: u32, scale: f32 }
-@group(0) @binding(0) var<storage, read> q: array<vec4<${v.io}>>;
-@group(0) @binding(1) var<storage, read> k: array<${kvElem}>;
-@group(0) @binding(2) var<storage, read> v: array<${kvElem}>;
-@group(0) @binding(3) var<storage, read> seq: array<i32>; // varlen: qStarts then kStarts
-@group(0) @binding(4) var<storage, read> key_mask: array<i32>;
-@group(0) @binding(5) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read_write> o: array<vec4<${v.io}>>;
-@group(0) @binding(7) var<uniform> p: P;
-
 const BQ: u32 = ${v.bq}u;
 const BK: u32 = ${BK}u;
-const MASKED: f32 = ${MASKED_WGSL};
-
-${kvLoad('k', v.kv)}
-${kvLoad('v', v.kv)}
 
 // Bias and masks for key kj (index within its sequence) and query qi. A masked score becomes MASKED,
 // replacing rather than adding, so a row with every key masked averages all of them.
@@ -129,16 +100,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let s = wid.z;
   let h = wid.y;
   // Sequence s: queries q0..q0+nq-1, keys k0..k0+nk-1 (rows of the flat [rows, H·D] views).
-  var q0 = s * p.q_batch;
-  var nq = p.q_len;
-  var k0 = s * p.k_batch;
-  var nk = p.k_len;
-  if ((p.flags & ${VARLEN}u) != 0u) {
-    q0 = u32(seq[s]);
-    nq = u32(seq[s + 1u]) - q0;
-    k0 = u32(seq[p.n_seq + 1u + s]);
-    nk = u32(seq[p.n_seq + 2u + s]) - k0;
-  }
+  let sq = sequence(s);
+  let q0 = sq.x;
+  let nq = sq.y;
+  let k0 = sq.z;
+  let nk = sq.w;
   let qi = wid.x * BQ + li;
   if (qi >= nq) { return; } // no barriers below, so lanes may leave on their own
   let d4 = p.d4;
@@ -300,15 +266,35 @@ interface Launch {
   scale: number;
 }
 
+/** Test and benchmark hook: 'auto' runs the tiled kernel where the device is tuned for GPUs and it applies,
+ *  'tiled' wherever it applies (e.g. on lavapipe), 'portable' never. */
+export const attentionTesting: { kernel: 'auto' | 'portable' | 'tiled' } = { kernel: 'auto' };
+
+/** The tiled kernel's variant for this launch, or null where the portable kernel runs. */
+function tiledVariant(gpu: Gpu, g: Geometry, flags: number): TiledAttentionVariant | null {
+  const mode = attentionTesting.kernel;
+  if (mode === 'portable' || (mode === 'auto' && gpu.tuning !== 'gpu')) return null;
+  const d = TILED_HEAD_DIMS.find((x) => x === g.d);
+  // Masks and biases (the text encoders) stay on the portable kernel; a query's lanes must share a subgroup.
+  if (d === undefined || (flags & ~VARLEN) !== 0 || gpu.subgroupMinSize < tiledAttentionShape(d).tpq) return null;
+  return { kv: g.kv, io: g.io, d };
+}
+
 function launch(gpu: Gpu, g: Geometry, a: Launch, kernel: string): void {
   // WebGPU rejects a buffer bound both writable and read-only in one dispatch, whatever the ranges.
   for (const t of [a.q, a.k, a.v, a.keyMask, a.bias]) {
     if (t && t.buffer === a.out.buffer) throw new ShapeError(kernel, `out ${a.out} shares a buffer with input ${t}`);
   }
-  const bq = queryTile(a.maxQ);
   const none = placeholder(gpu);
   const params = new Params().u32(g.d / 4, g.c / 4, a.qLen, a.kLen, a.qBatch, a.kBatch, a.nSeq, a.flags).f32(a.scale);
   const bindings = [a.q, a.k, a.v, a.seq ?? none, a.keyMask ?? none, a.bias ?? none, a.out];
+  const tiled = tiledVariant(gpu, g, a.flags);
+  if (tiled) {
+    const { bq } = tiledAttentionShape(tiled.d);
+    gpu.run(tiledAttentionSpec(tiled), bindings, params, [ceilDiv(a.maxQ, bq), g.heads, a.nSeq]);
+    return;
+  }
+  const bq = queryTile(a.maxQ);
   gpu.run(attentionSpec({ kv: g.kv, io: g.io, dcap: g.dcap, bq }), bindings, params, [ceilDiv(a.maxQ, bq), g.heads, a.nSeq]);
 }
 

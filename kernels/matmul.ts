@@ -14,15 +14,20 @@
 // - no workgroup memory and no barriers (its loads are per lane too, and barriers switch coroutines).
 // On lavapipe (2 cores) this is 2–3× faster than the same blocking with plain loads: 1024³ f32 runs at
 // ≈ 21–25 GFLOP/s on a quiet machine, where a 16×16 shared-memory tile does 0.6 and a 64×64 tile with 8×8
-// outputs per thread ≈ 2–4 (bench/matmul.ts). On a GPU the kernel is correct but not tuned: a
-// workgroup-memory tiled variant would be the next step there.
+// outputs per thread ≈ 2–4 (bench/matmul.ts).
+// On a GPU (`gpu.tuning === 'gpu'`) the launcher runs the workgroup-memory tiled kernel of gemm_tiled.ts
+// instead, or for a few rows (≤ 64) of a linear the K-split kernel of gemm_skinny.ts; all take the same
+// params and bindings (gemm_wgsl.ts), so splitting and epilogues are shared.
 
 import type { Gpu } from '../engine/device.js';
 import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { ACTIVATIONS_WGSL, unaryRef } from './elementwise.js';
+import { unaryRef } from './elementwise.js';
+import { SKINNY_COLS, SKINNY_MAX_ROWS, SKINNY_ROWS, skinnyGemmSpec } from './gemm_skinny.js';
+import { type GemmTile, GEMM_TILES, pickGemmTile, tiledGemmSpec } from './gemm_tiled.js';
+import { type GemmOperands, gemmPrelude, operandFlags } from './gemm_wgsl.js';
 import { ceilDiv } from './wgsl.js';
 
 export type Activation = 'none' | 'gelu_tanh' | 'gelu_erf' | 'silu';
@@ -59,18 +64,7 @@ const colsOf = (v: { bKN: boolean }) => (v.bKN ? KN_COLS : NK_COLS);
 // lavapipe's compile time (≈2× per variant); measured speed: f16 weights +9%, f32 even, A·B −25%.
 const KB = 4;
 
-interface Variant {
-  kind: 'linear' | 'matmul';
-  aDtype: 'f32' | 'f16';
-  /** A stored [K, M]. */
-  aTrans: boolean;
-  bDtype: 'f32' | 'f16' | 'bf16';
-  /** B stored [K, N] (matmul without transB); otherwise [N, K] (a PyTorch weight). */
-  bKN: boolean;
-  outDtype: 'f32' | 'f16';
-  /** Vector loads: every row of A and B starts on a 4-element boundary along the loaded dimension (k, or m
-   *  for a transposed A, n for B [K, N]). Otherwise everything is loaded as scalars. */
-  vec: boolean;
+interface Variant extends GemmOperands {
   /** A values are spread over each group of 8 lanes and exchanged with subgroupShuffle. */
   sg: boolean;
   /** Output rows per workgroup (8 or 16): the reuse factor of every B element a lane loads. */
@@ -88,45 +82,12 @@ function rowsFor(M: number, sg: boolean): number {
 const specs = new Map<string, KernelSpec>();
 
 function variantKey(v: Variant): string {
-  const flags = [v.aTrans ? 'at' : 'an', v.bKN ? 'kn' : 'nk', v.vec ? 'v' : 's', v.sg ? 'sg' : 'nosg'];
-  return [v.kind, v.aDtype, v.bDtype, v.outDtype, ...flags, v.rows].join('_');
+  return [operandFlags(v), v.sg ? 'sg' : 'nosg', v.rows].join('_');
 }
 
 function kernelName(v: Variant): string {
   if (v.kind === 'linear') return `linear_${v.bDtype}w${v.aDtype === 'f16' ? '_f16x' : ''}${v.outDtype === 'f16' ? '_f16out' : ''}_r${v.rows}`;
   return `matmul_${v.aTrans ? 't' : 'n'}${v.bKN ? 'n' : 't'}_r${v.rows}`;
-}
-
-type Stored = 'f32' | 'f16' | 'bf16';
-
-/** Storage element type of an operand: f32 or packed halves, as vec4 / vec2 / scalar (`width` elements). */
-function arrayType(dtype: Stored, width: number): string {
-  if (dtype === 'f32') return width === 1 ? 'f32' : `vec${width}<f32>`;
-  return width === 4 ? 'vec2<u32>' : 'u32'; // 4 halves = 2 words; halves are never loaded 2 at a time here
-}
-
-function widen(dtype: Stored, word: string): string {
-  // f16 through unpack2x16float; bf16 is the top half of an f32, widened by shifting. Neither needs a feature.
-  return dtype === 'f16' ? `unpack2x16float(${word})` : `bitcast<vec2<f32>>(vec2<u32>(${word} << 16u, ${word} & 0xffff0000u))`;
-}
-
-/**
- * WGSL loaders for one operand stored as `dtype` in array `arr` with `width` elements per array entry:
- * `<fn>1(e) -> f32` reads element e (any width), and for width 4 `<fn>4(e) -> vec4<f32>` reads elements
- * e..e+3 (e % 4 == 0), for width 2 `<fn>2(e) -> vec2<f32>`.
- */
-function loaders(fn: string, arr: string, dtype: Stored, width: number): string {
-  const out: string[] = [];
-  if (dtype === 'f32') {
-    out.push(width === 1 ? `fn ${fn}1(e: u32) -> f32 { return ${arr}[e]; }` : `fn ${fn}1(e: u32) -> f32 { return ${arr}[e / ${width}u][e % ${width}u]; }`);
-    if (width > 1) out.push(`fn ${fn}${width}(e: u32) -> vec${width}<f32> { return ${arr}[e / ${width}u]; }`);
-  } else if (width === 4) {
-    out.push(`fn ${fn}1(e: u32) -> f32 { let w = ${arr}[e / 4u][(e / 2u) % 2u]; return ${widen(dtype, 'w')}[e % 2u]; }`);
-    out.push(`fn ${fn}4(e: u32) -> vec4<f32> { let w = ${arr}[e / 4u]; return vec4<f32>(${widen(dtype, 'w.x')}, ${widen(dtype, 'w.y')}); }`);
-  } else {
-    out.push(`fn ${fn}1(e: u32) -> f32 { let w = ${arr}[e / 2u]; return ${widen(dtype, 'w')}[e % 2u]; }`);
-  }
-  return out.join('\n');
 }
 
 /**
@@ -212,34 +173,7 @@ function gemmSpec(v: Variant): KernelSpec {
   }
   for (let r = 0; r < R; r++) for (let c = 0; c < COLS; c++) store.push(`res[${r * COLS + c}] = acc${r}_${c};`);
 
-  const code = /* wgsl */ `${v.sg ? 'enable subgroups;' : ''}${v.outDtype === 'f16' ? 'enable f16;' : ''}
-struct P { M: u32, N: u32, K: u32, steps: u32, aOff: u32, bOff: u32, cOff: u32, biasOff: u32, aBatch: u32, bBatch: u32, cBatch: u32, act: u32, hasBias: u32, transC: u32 }
-@group(0) @binding(0) var<storage, read> a: array<${arrayType(v.aDtype, aWidth)}>;
-@group(0) @binding(1) var<storage, read> b: array<${arrayType(v.bDtype, bWidth)}>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<${v.outDtype}>;
-@group(0) @binding(4) var<uniform> p: P;
-${ACTIVATIONS_WGSL}
-${loaders('lda', 'a', v.aDtype, aWidth)}
-${loaders('ldb', 'b', v.bDtype, bWidth)}
-fn activate(x: f32) -> f32 {
-  switch p.act {
-    case 1u: { return gelu_tanh(x); }
-    case 2u: { return 0.5 * x * (1.0 + erf_f32(x * 0.7071067811865476)); }
-    case 3u: { return x / (1.0 + exp(-x)); }
-    default: { return x; }
-  }
-}
-// Epilogue for one output element (cb: element index of C(0, 0) in this batch). Bias and activation are
-// uniform flags rather than variants: they run once per output, and fewer variants compile faster.
-fn emit(cb: u32, row: u32, col: u32, acc: f32) {
-  if (col >= p.N) { return; }
-  var v = acc;
-  if (p.hasBias != 0u) { v += bias[p.biasOff + col]; }
-  // transC: the problem was swapped (Cᵀ = Bᵀ·Aᵀ) and C is stored transposed.
-  let e = select(row * p.N + col, col * p.M + row, p.transC != 0u);
-  c[cb + e] = ${v.outDtype}(activate(v));
-}
+  const code = /* wgsl */ `${gemmPrelude(v, aWidth, bWidth, v.sg ? ['subgroups'] : [])}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32${v.sg ? ', @builtin(subgroup_invocation_id) sl: u32' : ''}) {
   ${v.sg ? 'let g8 = sl & ~7u; // first lane of this lane\'s group of 8\n  let l8 = sl & 7u;' : ''}
@@ -293,7 +227,7 @@ function bind(gpu: Gpu, t: Tensor, what: string, cap: number): Bound {
 
 interface Problem {
   name: string;
-  variant: Omit<Variant, 'vec' | 'sg' | 'rows'>;
+  variant: Omit<GemmOperands, 'vec'>;
   a: Tensor;
   b: Tensor;
   bias: Tensor | null;
@@ -314,14 +248,33 @@ interface Problem {
 const MAX_GRID = 65535;
 const MAX_ROWS = MAX_GRID * 8;
 
-/** Test hook: run the kernel without subgroup shuffles even where the device has them. */
-export const matmulTesting = { disableSubgroups: false };
+/**
+ * Test and benchmark hooks: `kernel` forces a kernel ('auto': on GPUs the skinny kernel for few rows of a
+ * linear-layout product and the tiled one otherwise, on CPU adapters the register kernel; 'skinny' applies
+ * only to the linear layout, others fall back to 'auto'); `disableSubgroups` runs the register kernel
+ * without shuffles.
+ */
+export const matmulTesting: { kernel: 'auto' | 'register' | 'skinny' | GemmTile['name']; disableSubgroups: boolean } = {
+  kernel: 'auto',
+  disableSubgroups: false,
+};
+
+type GemmChoice = { kind: 'register' } | { kind: 'skinny' } | { kind: 'tiled'; tile: GemmTile };
+
+function gemmChoice(gpu: Gpu, v: Omit<GemmOperands, 'vec'>, M: number, N: number, batch: number): GemmChoice {
+  const k = matmulTesting.kernel;
+  const linearLayout = !v.aTrans && !v.bKN;
+  if (k === 'register') return { kind: 'register' };
+  if (k === 'big' || k === 'small') return { kind: 'tiled', tile: GEMM_TILES[k] };
+  if (k === 'skinny' && linearLayout) return { kind: 'skinny' };
+  if (gpu.tuning !== 'gpu') return { kind: 'register' };
+  if (linearLayout && M <= SKINNY_MAX_ROWS) return { kind: 'skinny' };
+  return { kind: 'tiled', tile: pickGemmTile(M, N, batch) };
+}
 
 /** Subgroup shuffles need the feature and groups of at least 8 lanes (sizes are powers of two). */
 function useSubgroups(gpu: Gpu): boolean {
-  if (matmulTesting.disableSubgroups || !gpu.hasSubgroups) return false;
-  const info = (gpu.device as GPUDevice & { adapterInfo?: { subgroupMinSize?: number } }).adapterInfo;
-  return (info?.subgroupMinSize ?? 0) >= 8;
+  return !matmulTesting.disableSubgroups && gpu.subgroupMinSize >= 8;
 }
 
 /** Records one dispatch over views that fit one binding each. */
@@ -338,8 +291,6 @@ function dispatch(gpu: Gpu, pr: Problem, a: Tensor, c: Tensor, b: Tensor, batch:
   const vec =
     (aTrans ? M % 4 === 0 && al(ab.off, 4) : K % 4 === 0 && al(ab.off, 4)) &&
     (bKN ? N % KN_COLS === 0 && al(bb.off, KN_COLS) : K % 4 === 0 && al(bb.off, 4));
-  const sg = useSubgroups(gpu);
-  const v: Variant = { ...pr.variant, vec, sg, rows: rowsFor(M, sg) };
   const params = new Params().u32(
     M, N, K, Math.floor(K / KB),
     ab.off, bb.off, cbnd.off, biasB.off,
@@ -347,6 +298,17 @@ function dispatch(gpu: Gpu, pr: Problem, a: Tensor, c: Tensor, b: Tensor, batch:
     ACTIVATION_CODE[pr.act], pr.bias ? 1 : 0, pr.transC ? 1 : 0,
   );
   const bindings = [ab.range, bb.range, biasB.range, cbnd.range];
+  const choice = gemmChoice(gpu, pr.variant, M, N, batch);
+  if (choice.kind === 'tiled') {
+    gpu.run(tiledGemmSpec({ ...pr.variant, vec }, choice.tile), bindings, params, [ceilDiv(N, choice.tile.bn), ceilDiv(M, choice.tile.bm), batch]);
+    return;
+  }
+  if (choice.kind === 'skinny') {
+    gpu.run(skinnyGemmSpec({ ...pr.variant, vec }), bindings, params, [ceilDiv(N, SKINNY_COLS), ceilDiv(M, SKINNY_ROWS), batch]);
+    return;
+  }
+  const sg = useSubgroups(gpu);
+  const v: Variant = { ...pr.variant, vec, sg, rows: rowsFor(M, sg) };
   gpu.run(gemmSpec(v), bindings, params, [ceilDiv(N, WG * colsOf(v)), ceilDiv(M, v.rows), batch]);
 }
 

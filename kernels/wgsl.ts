@@ -77,3 +77,25 @@ fn ${name}(li: u32, v: ${type}) -> ${type} {
   return ${red}[0];
 }`;
 }
+
+/**
+ * Defines `fn load_<name>(i: u32) -> vec4<f32>` reading vec4 i of array `<name>`, stored as vec4<f32> (f32) or
+ * as 4 packed halves in a vec2<u32> (f16, bf16; no feature needed). `vec4ArrayElement` is the array's element.
+ */
+export function vec4Loader(name: string, dtype: 'f32' | 'f16' | 'bf16'): string {
+  switch (dtype) {
+    case 'f32':
+      return `fn load_${name}(i: u32) -> vec4<f32> { return ${name}[i]; }`;
+    case 'f16':
+      return `fn load_${name}(i: u32) -> vec4<f32> { let w = ${name}[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }`;
+    case 'bf16':
+      return (
+        `fn load_${name}(i: u32) -> vec4<f32> { let w = ${name}[i]; ` +
+        `return bitcast<vec4<f32>>(vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u)); }`
+      );
+  }
+}
+
+export function vec4ArrayElement(dtype: 'f32' | 'f16' | 'bf16'): string {
+  return dtype === 'f32' ? 'vec4<f32>' : 'vec2<u32>';
+}

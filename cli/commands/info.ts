@@ -14,7 +14,7 @@ export function register(program: Command): void {
       try {
         const limits: Record<string, number> = {};
         for (const key of LIMIT_KEYS) limits[key] = (gpu.limits as unknown as Record<string, number>)[key];
-        const report = { adapter: gpu.adapter, features: [...gpu.features].sort(), limits };
+        const report = { adapter: gpu.adapter, tuning: gpu.tuning, subgroupMinSize: gpu.subgroupMinSize, features: [...gpu.features].sort(), limits };
         if (opts.json) {
           process.stdout.write(JSON.stringify(report, null, 2) + '\n');
           return;
@@ -25,6 +25,7 @@ export function register(program: Command): void {
           `backend:   ${a.backend}`,
           `features:  ${report.features.join(', ')}`,
           `f16 math:  ${gpu.hasF16 ? 'yes (shader-f16)' : 'no (f16/bf16 weights still load, widened to f32)'}`,
+          `kernels:   ${gpu.tuning === 'gpu' ? 'GPU-tuned (workgroup-memory tiles)' : 'CPU-tuned (register blocks, subgroup shuffles)'}${a.software ? ', software adapter' : ''}; env STAGEVAR_KERNELS=cpu|gpu overrides`,
           'limits:',
           ...Object.entries(limits).map(([k, v]) => `  ${k.padEnd(36)} ${formatLimit(k, v)}`),
         ];

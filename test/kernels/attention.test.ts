@@ -2,6 +2,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { ShapeError } from '../../engine/errors.js';
 import { attention, attentionMasked, attentionRef, attentionVarlen } from '../../kernels/attention.js';
+import { starts, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 afterAll(releaseTestGpu);
@@ -14,19 +15,6 @@ afterAll(releaseTestGpu);
 // Cosine attention (unit q, k, logits up to ±100 at softmax scale 1) multiplies the score error by 100:
 // measured ≤ 7e-6, so 5e-5 absolute there.
 const TOL = { rtol: 1e-5, atol: 1e-5 };
-
-/** Rows of [rows, H·D] normalised per head and multiplied by `mul` (cosine attention inputs). */
-function unitHeads(x: Float32Array, c: number, heads: number, mul = 1): Float32Array {
-  const d = c / heads;
-  const y = new Float32Array(x.length);
-  for (let o = 0; o < x.length; o += d) {
-    let ss = 0;
-    for (let i = 0; i < d; i++) ss += x[o + i] ** 2;
-    const inv = mul / Math.sqrt(ss);
-    for (let i = 0; i < d; i++) y[o + i] = x[o + i] * inv;
-  }
-  return y;
-}
 
 describe(`attention (seed ${runSeed})`, () => {
   // [B, H, D, Lq, Lmax, kvLen]: Lq = 1, Lq below/above/not a multiple of the 16/64 query tiles, kvLen = 1,
@@ -199,7 +187,6 @@ describe(`attention (seed ${runSeed})`, () => {
       if (!gpu.hasF16) return;
       const rand = rng(runSeed + qLens.length * 37 + kLens[0] + 6);
       const c = h * d;
-      const starts = (lens: number[]) => lens.reduce((a, n) => [...a, a[a.length - 1] + n], [0]);
       const qStarts = starts(qLens);
       const kStarts = starts(kLens);
       const nq = qStarts[qStarts.length - 1];
@@ -237,7 +224,6 @@ describe(`attention (seed ${runSeed})`, () => {
     const gpu = await testGpu();
     const rand = rng(runSeed + qLens.length * 31 + kLens[0]);
     const c = h * d;
-    const starts = (lens: number[]) => lens.reduce((a, n) => [...a, a[a.length - 1] + n], [0]);
     const qStarts = starts(qLens);
     const kStarts = starts(kLens);
     const nq = qStarts[qStarts.length - 1];
