@@ -7,8 +7,9 @@
 // gflops counts 4·B·H·Lq·Lk·D (q·kᵀ and p·v, multiply-adds as 2); gbps counts one read of q and of the
 // valid k/v rows and one write of the output, the least traffic the operation needs.
 //
-// On a GPU the self-attention rows run twice, with the tiled kernel (the device's choice) and the portable one
-// ('[portable kernel]'), so one run compares them; on a CPU adapter the largest case also runs the tiled kernel.
+// The f32 self-attention rows run with the device's choice (GPU: the tiled kernel; lavapipe: the two-GEMM path
+// from 64 queries and keys, attention_gemm.ts) and again with the portable flash kernel ('[portable kernel]'),
+// so one run compares them; on a CPU adapter the largest case also runs the GPU's tiled kernel.
 //
 // Measured on lavapipe (2 cores shared with other jobs, so wall times vary 2×): ≈ 1.5–2.5 GFLOP/s for the
 // large self-attention shapes; ≈ 2.2–2.4 GFLOP per CPU-second in isolation.
@@ -69,8 +70,11 @@ export async function benchAttention(gpu: Gpu, opts: { warmup?: number; runs?: n
       const [k, v] = caches[dtype];
       const flops = 4 * b * h * lq * kvLen * d;
       const bytes = 2 * b * lq * c * 4 + 2 * b * kvLen * c * (dtype === 'f32' ? 4 : 2);
-      const other = cpu ? (lq === selfCases[1][0] && dtype === 'f32' ? 'tiled' : null) : 'portable';
-      for (const kernel of other ? (['auto', other] as const) : (['auto'] as const)) {
+      // Side by side: the portable kernel always (on lavapipe the device's choice for long runs is the two-GEMM
+      // path), and on a CPU adapter the GPU's tiled kernel for the largest f32 case.
+      const largest = lq === selfCases[1][0] && dtype === 'f32';
+      const kernels = ['auto', ...(dtype === 'f32' || !cpu ? ['portable'] : []), ...(cpu && largest ? ['tiled'] : [])] as const;
+      for (const kernel of kernels as readonly (typeof attentionTesting.kernel)[]) {
         attentionTesting.kernel = kernel;
         try {
           const ms = await timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs);

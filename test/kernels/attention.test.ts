@@ -1,11 +1,19 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { ShapeError } from '../../engine/errors.js';
-import { attention, attentionMasked, attentionRef, attentionVarlen } from '../../kernels/attention.js';
+import { attention, attentionMasked, attentionRef, attentionTesting, attentionVarlen } from '../../kernels/attention.js';
 import { starts, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
-afterAll(releaseTestGpu);
+// This file tests the portable (flash) kernel, which lavapipe would replace by the two-GEMM path for long query
+// runs (attention_gemm.test.ts) and GPUs by the tiled kernel (attention_tiled.test.ts).
+beforeAll(() => {
+  attentionTesting.kernel = 'portable';
+});
+afterAll(async () => {
+  attentionTesting.kernel = 'auto';
+  await releaseTestGpu();
+});
 
 // Tolerances. Each output is a convex combination of v rows (|v| ≲ 4), so its error is about
 // max|v| · Σ_j w_j·|Δs_j| plus the rounding of the weighted sum. A score is a D-term f32 dot product,
