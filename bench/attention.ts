@@ -11,8 +11,8 @@
 // from 64 queries and keys, attention_gemm.ts) and again with the portable flash kernel ('[portable kernel]'),
 // so one run compares them; on a CPU adapter the largest case also runs the GPU's tiled kernel.
 //
-// Measured on lavapipe (2 cores shared with other jobs, so wall times vary 2×): ≈ 1.5–2.5 GFLOP/s for the
-// large self-attention shapes; ≈ 2.2–2.4 GFLOP per CPU-second in isolation.
+// Measured on lavapipe (2 cores, one run, side by side): Lq 1024 × Lk 4096 f32 — two-GEMM path 12.8 GFLOP/s
+// (335 ms), portable flash kernel 2.9 (1502 ms), GPU tiled kernel 2.8; Lq 256 × Lk 1024: 6.6 vs 2.9 GFLOP/s.
 
 import type { Gpu } from '../engine/device.js';
 import { f32ToF16Array } from '../engine/dtype.js';
