@@ -1,6 +1,8 @@
 // Conv family: 2-D convolution (PyTorch nn.Conv2d, square kernel, zero padding, groups = 1) of an NCHW f32
 // map, as an implicit GEMM: Y[co, pixel] = Σ_{ci, tap} W[co, ci, tap] · X[ci, pixel shifted by tap].
 // Weights f32, or f16/bf16 read through packed-u32 loads; bias f32 or none. Float64 reference: `conv2dRef`.
+// On CPU adapters (lavapipe) the launcher runs im2col + the register-blocked GEMM instead where it applies
+// (conv_gemm.ts): this kernel's workgroup-memory tiles are slow there.
 //
 // Kernel: a workgroup computes a tile of BM output channels × BN output pixels (pixels run over all images
 // of the dispatch, so small maps still fill tiles). The K loop runs over the k² taps, and inside each tap
@@ -26,6 +28,7 @@ import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
+import { conv2dByGemm } from './conv_gemm.js';
 import { bindingCap, elementRange } from './resize.js';
 import { LINEAR_WORKGROUP } from './wgsl.js';
 
@@ -40,6 +43,9 @@ export interface Conv2dOptions {
   tile?: ConvTileName;
   /** Test hook: pretend bindings may hold at most this many bytes (forces the split path). */
   maxBindingBytes?: number;
+  /** 'direct' (this file's kernel) or 'gemm' (im2col + GEMM, conv_gemm.ts). Default: 'gemm' on CPU adapters
+   *  where it applies (f32/f16 weights, one image of x and y within a binding, no `tile`), else 'direct'. */
+  method?: 'direct' | 'gemm';
 }
 
 /** Threads along output channels (ty) × pixels (tx), and outputs per thread (tm channels × tn pixels). */
@@ -301,7 +307,17 @@ export function conv2d(gpu: Gpu, x: Tensor, w: Tensor, bias: Tensor | null, opts
 
   const xImg = cin * hw * 4;
   const yImg = cout * hwo * 4;
-  if (xImg + xSlack <= cap && yImg + ySlack <= cap) {
+  const wholeImages = xImg + xSlack <= cap && yImg + ySlack <= cap;
+  if (opts.method !== undefined && opts.method !== 'direct' && opts.method !== 'gemm') throw new ShapeError(name, `method "${opts.method as string}" is not one of: direct, gemm`);
+  const gemmApplies = wholeImages && w.dtype !== 'bf16' && opts.tile === undefined;
+  if (opts.method === 'gemm' && !gemmApplies) {
+    throw new ShapeError(name, `method 'gemm' needs f32/f16 weights, no tile and one image of x and y within a binding (${shapes})`);
+  }
+  if (gemmApplies && (opts.method ?? (gpu.tuning === 'cpu' ? 'gemm' : 'direct')) === 'gemm') {
+    conv2dByGemm(gpu, x, w, bias, out, { k, stride, padding, ho, wo, cap });
+    return out;
+  }
+  if (wholeImages) {
     const per = Math.min(Math.floor((cap - xSlack) / xImg), Math.floor((cap - ySlack) / yImg));
     for (let n0 = 0; n0 < n; n0 += per) dispatch(n0, Math.min(per, n - n0), 0, cin, 0, cout);
     return out;

@@ -98,12 +98,14 @@ describe(`attention through two GEMMs (seed ${runSeed})`, () => {
     const seqs = Array.from({ length: b }, (_, i) => ({ q0: i * lq, nq: lq, k0: i * kvLen, nk: kvLen }));
     const want = attentionRef(q, k, v, c, { heads: h, scale: 1, seqs });
     // 160 KiB bindings: scores of 2 heads × 300 keys take 2400 B per query, so 68 queries per chunk (3 chunks).
+    attentionTesting.kernel = 'gemm';
     const before = gpu.dispatchCount;
     const out = poisoned(gpu, [b, lq, c]);
     attention(gpu, up(q, lq), up(k, kvLen), up(v, kvLen), { heads: h, scale: 1, out, maxBindingBytes: 160 * 1024 });
     expectClose(await out.read(), want, { rtol: 1e-5, atol: 5e-5, what: 'chunked gemm attention' });
     // Per batch element: 2 cache transposes, then per chunk a transpose, 2 GEMMs, a softmax, a transpose.
     expect(gpu.dispatchCount - before).toBe(b * (2 + 3 * 5));
+    attentionTesting.kernel = 'auto';
     if (gpu.tuning === 'cpu') {
       const auto = poisoned(gpu, [b, lq, c]);
       const n0 = gpu.dispatchCount;

@@ -41,7 +41,7 @@ interface Case {
   bias: boolean;
 }
 
-async function runCase(gpu: Gpu, c: Case, seed: number, extra: { tile?: ConvTileName; maxBindingBytes?: number } = {}) {
+async function runCase(gpu: Gpu, c: Case, seed: number, extra: { tile?: ConvTileName; maxBindingBytes?: number; method?: 'direct' | 'gemm' } = {}) {
   const rand = rng(seed);
   const [n, cin, h, w] = c.x;
   const ws = [c.cout, cin, c.k, c.k];
@@ -86,16 +86,39 @@ const CASES: Case[] = [
 ];
 
 describe(`conv2d (seed ${runSeed})`, () => {
-  CASES.forEach((c, i) => {
-    it(`${c.x.join('×')} → ${c.cout} ch, k${c.k} pad ${c.pad} stride ${c.stride}, ${c.dtype} w${c.bias ? ' + bias' : ''}`, async () => {
-      await runCase(await testGpu(), c, runSeed + i);
+  // Both methods on every case they take: the direct kernel (GPUs) and im2col + GEMM (CPU adapters; f32/f16
+  // weights only).
+  for (const method of ['direct', 'gemm'] as const) {
+    CASES.forEach((c, i) => {
+      if (method === 'gemm' && c.dtype === 'bf16') return;
+      it(`${method}: ${c.x.join('×')} → ${c.cout} ch, k${c.k} pad ${c.pad} stride ${c.stride}, ${c.dtype} w${c.bias ? ' + bias' : ''}`, async () => {
+        await runCase(await testGpu(), c, runSeed + i, { method });
+      });
     });
+  }
+
+  it('gemm: output pixels in chunks (binding cap lowered), images apart, an output view', async () => {
+    // Cin·k² = 45 floats of colᵀ per pixel: (1500 − alignment) / 180 B → 8 pixels per chunk, 8 chunks per image.
+    const gpu = await testGpu();
+    await runCase(gpu, { x: [2, 5, 9, 7], cout: 5, k: 3, pad: 1, stride: 1, dtype: 'f16', bias: true }, runSeed + 300, { method: 'gemm', maxBindingBytes: 1500 });
+    const before = gpu.dispatchCount;
+    const x = gpu.upload(randomArray(2 * 5 * 63, rng(runSeed)), [2, 5, 9, 7], 'f32');
+    conv2d(gpu, x, gpu.upload(randomArray(5 * 5 * 9, rng(runSeed + 1)), [5, 5, 3, 3], 'f32'), null, { padding: 1, method: 'gemm', maxBindingBytes: 1500 });
+    expect(gpu.dispatchCount - before).toBe(2 * 8 * 3); // per image and chunk: im2col, GEMM, place
+    if (gpu.tuning === 'cpu') {
+      const n0 = gpu.dispatchCount;
+      conv2d(gpu, x, gpu.upload(randomArray(5 * 5 * 9, rng(runSeed + 2)), [5, 5, 3, 3], 'f32'), null, { padding: 1 });
+      expect(gpu.dispatchCount - n0).toBe(2 * 3); // the CPU adapter's default: one chunk per image
+    }
+    expect(() => conv2d(gpu, x, gpu.upload(new Uint16Array(5 * 5 * 9), [5, 5, 3, 3], 'bf16'), null, { method: 'gemm' })).toThrow(/method 'gemm' needs f32\/f16 weights/);
+    expect(() => conv2d(gpu, x, gpu.upload(randomArray(5 * 5 * 9, rng(runSeed)), [5, 5, 3, 3], 'f32'), null, { method: 'fft' as never })).toThrow(/method "fft" is not one of: direct, gemm/);
   });
 
   const tiles: ConvTileName[] = ['c128p128', 'c32p256', 'c4p256'];
   it.each(tiles)('tile %s on ragged shapes', async (tile) => {
     const gpu = await testGpu();
     await runCase(gpu, { x: [2, 19, 9, 7], cout: 37, k: 3, pad: 1, stride: 1, dtype: 'f16', bias: true }, runSeed + 100, { tile });
+    expect(gpu.compiledKernels).toContain(`conv2d_${tile}`);
   });
 
   // A small artificial binding cap forces the split paths (odd plane sizes: unaligned binding starts).
@@ -104,6 +127,7 @@ describe(`conv2d (seed ${runSeed})`, () => {
       // x image 4·5·6·4 = 480 B, y image 6·30·4 = 720 B: two images per dispatch under 1500 B
       await runCase(await testGpu(), { x: [3, 4, 5, 6], cout: 6, k: 3, pad: 1, stride: 1, dtype: 'f32', bias: true }, runSeed + 200, {
         maxBindingBytes: 1500,
+        method: 'direct',
       });
     });
     it('input-channel blocks (accumulated) × output-channel blocks', async () => {
