@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { ShapeError } from '../../engine/errors.js';
 import { attention, attentionMasked, attentionRef, attentionTesting, attentionVarlen } from '../../kernels/attention.js';
-import { starts, unitHeads } from './attention_helpers.js';
+import { checkVarlen, starts, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 // This file tests the portable (flash) kernel, which lavapipe would replace by the two-GEMM path for long query
@@ -230,26 +230,7 @@ describe(`attention (seed ${runSeed})`, () => {
     [1, 224, [1, 1], [30, 7]], // Infinity-8B's text pool: head dim 224
   ] as [number, number, number[], number[]][])('varlen H %i, D %i, queries %j, keys %j', async (h, d, qLens, kLens) => {
     const gpu = await testGpu();
-    const rand = rng(runSeed + qLens.length * 31 + kLens[0]);
-    const c = h * d;
-    const qStarts = starts(qLens);
-    const kStarts = starts(kLens);
-    const nq = qStarts[qStarts.length - 1];
-    const nk = kStarts[kStarts.length - 1];
-    const q = randn(nq * c, rand);
-    const k = randn(nk * c, rand);
-    const v = randn(nk * c, rand);
-    const scale = 1 / Math.sqrt(d);
-    const out = poisoned(gpu, [nq, c]);
-    attentionVarlen(gpu, gpu.upload(q, [nq, c], 'f32'), gpu.upload(k, [nk, c], 'f32'), gpu.upload(v, [nk, c], 'f32'), {
-      heads: h,
-      scale,
-      qStarts,
-      kStarts,
-      out,
-    });
-    const seqs = qLens.map((n, i) => ({ q0: qStarts[i], nq: n, k0: kStarts[i], nk: kLens[i] }));
-    expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale, seqs }), { ...TOL, what: 'varlen' });
+    await checkVarlen(gpu, h, d, qLens, kLens, rng(runSeed + qLens.length * 31 + kLens[0]), 'varlen');
   });
 
   it.each([

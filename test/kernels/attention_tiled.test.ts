@@ -9,9 +9,9 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Gpu } from '../../engine/device.js';
 import { f32ToBf16Array, f32ToF16Array, roundThrough } from '../../engine/dtype.js';
-import { attention, attentionMasked, attentionRef, attentionTesting, attentionVarlen } from '../../kernels/attention.js';
+import { attention, attentionMasked, attentionRef, attentionTesting } from '../../kernels/attention.js';
 import { tiledAttentionShape } from '../../kernels/attention_tiled.js';
-import { starts, unitHeads } from './attention_helpers.js';
+import { checkVarlen, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 afterAll(releaseTestGpu);
@@ -78,20 +78,7 @@ describe(`tiled attention (seed ${runSeed})`, () => {
   ] as [number, number, number[], number[]][])('attentionVarlen H %i, D %i, queries %j, keys %j', async (h, d, qLens, kLens) => {
     const gpu = await testGpu();
     attentionTesting.kernel = 'tiled';
-    const rand = rng(runSeed + qLens[0] + kLens[0]);
-    const c = h * d;
-    const qStarts = starts(qLens);
-    const kStarts = starts(kLens);
-    const nq = qStarts[qStarts.length - 1];
-    const nk = kStarts[kStarts.length - 1];
-    const q = randn(nq * c, rand);
-    const k = randn(nk * c, rand);
-    const v = randn(nk * c, rand);
-    const scale = 1 / Math.sqrt(d);
-    const out = poisoned(gpu, [nq, c]);
-    attentionVarlen(gpu, gpu.upload(q, [nq, c], 'f32'), gpu.upload(k, [nk, c], 'f32'), gpu.upload(v, [nk, c], 'f32'), { heads: h, scale, qStarts, kStarts, out });
-    const seqs = qLens.map((n, i) => ({ q0: qStarts[i], nq: n, k0: kStarts[i], nk: kLens[i] }));
-    expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale, seqs }), { ...TOL, what: 'tiled varlen' });
+    await checkVarlen(gpu, h, d, qLens, kLens, rng(runSeed + qLens[0] + kLens[0]), 'tiled varlen');
   });
 
   it('falls back to the portable kernel for other head dims and for masks', async () => {
