@@ -251,6 +251,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`,
 };
 
+// CPU adapters (lavapipe) compile workgroup memory and barriers into slow per-lane code: there a kernel without
+// tiles — each invocation reads 4 consecutive elements of a row and writes them down a column — runs ≈ 9×
+// faster (2.7 ms against 24 ms for [2521, 512] on lavapipe).
+const TRANSPOSE_CPU: KernelSpec = {
+  name: 'transpose2d_rows',
+  bindings: ['read', 'write'],
+  code: /* wgsl */ `
+struct P { R: u32, C: u32, B: u32, quads: u32, xFirst: u32, yFirst: u32 }
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+${LINEAR_WORKGROUP}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  // Invocation id → (batch b, row r, quad q of the row's columns).
+  var t = linear_workgroup(wid, nwg) * 64u + li;
+  let q = t % p.quads;
+  t = t / p.quads;
+  let r = t % p.R;
+  let b = t / p.R;
+  if (b >= p.B) { return; }
+  let base = b * p.R * p.C;
+  for (var u = 0u; u < 4u; u++) {
+    let c = 4u * q + u;
+    if (c < p.C) { y[p.yFirst + base + c * p.R + r] = x[p.xFirst + base + r * p.C + c]; }
+  }
+}`,
+};
+
 /** [..., R, C] → [..., C, R] (the last two dims swapped, batched over the leading ones). f32, i32 or u32. */
 export function transpose2d(gpu: Gpu, x: Tensor, opts: { out?: Tensor } = {}): Tensor {
   const name = 'transpose2d';
@@ -271,6 +300,11 @@ export function transpose2d(gpu: Gpu, x: Tensor, opts: { out?: Tensor } = {}): T
     const xw = elementWindow(gpu, x, b0 * R * C, bc * R * C);
     const yw = elementWindow(gpu, out, b0 * R * C, bc * R * C);
     assertSeparateBuffers(name, yw, 'out', { x: xw });
+    if (gpu.tuning === 'cpu') {
+      const quads = ceilDiv(C, 4);
+      gpu.run(TRANSPOSE_CPU, [xw.range, yw.range], new Params().u32(R, C, bc, quads, xw.first, yw.first), ceilDiv(bc * R * quads, 64));
+      continue;
+    }
     const params = new Params().u32(R, C, bc, tilesC, tilesR, xw.first, yw.first);
     gpu.run(TRANSPOSE, [xw.range, yw.range], params, bc * tilesR * tilesC);
   }

@@ -1,5 +1,5 @@
-import { afterAll, describe, expect, it } from 'vitest';
-import type { Gpu } from '../../engine/device.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Gpu } from '../../engine/device.js';
 import { type DType, f32ToBf16Array, f32ToF16Array, bf16ArrayToF32, f16ArrayToF32 } from '../../engine/dtype.js';
 import { ShapeError } from '../../engine/errors.js';
 import type { HostArray } from '../../engine/tensor.js';
@@ -166,6 +166,13 @@ describe(`layout (seed ${runSeed})`, () => {
   });
 
   describe('transpose2d', () => {
+    // Two kernels: a tiled one (GPUs) and a row-wise one (CPU adapters); each shape runs on both tunings.
+    let other: Gpu;
+    beforeAll(async () => {
+      other = await Gpu.create({ validate: true, tuning: (await testGpu()).tuning === 'cpu' ? 'gpu' : 'cpu' });
+    });
+    afterAll(() => other?.destroy());
+    const kernelOf = (gpu: Gpu) => (gpu.tuning === 'cpu' ? 'transpose2d_rows' : 'transpose2d');
     const shapes: [DType, number[]][] = [
       ['f32', [1, 1]],
       ['f32', [1, 7]],
@@ -177,22 +184,25 @@ describe(`layout (seed ${runSeed})`, () => {
       ['f32', [70_001, 1, 1]], // 70001 one-tile matrices: more workgroups than one grid dimension holds
     ];
     it.each(shapes)('%s %j', async (dtype, shape) => {
-      const gpu = await testGpu();
-      const x = hostData(dtype, prod(shape), rng(runSeed + prod(shape)));
-      const [R, C] = shape.slice(-2);
-      const out = poisoned(gpu, [...shape.slice(0, -2), C, R], dtype);
-      const got = transpose2d(gpu, gpu.upload(x, shape, dtype), { out });
-      expectExact(await got.read(), transpose2dRef(x, R, C), `transpose ${dtype}`);
+      for (const gpu of [await testGpu(), other]) {
+        const x = hostData(dtype, prod(shape), rng(runSeed + prod(shape)));
+        const [R, C] = shape.slice(-2);
+        const out = poisoned(gpu, [...shape.slice(0, -2), C, R], dtype);
+        const got = transpose2d(gpu, gpu.upload(x, shape, dtype), { out });
+        expectExact(await got.read(), transpose2dRef(x, R, C), `transpose ${dtype} (${gpu.tuning} tuning)`);
+        expect(gpu.compiledKernels).toContain(kernelOf(gpu));
+      }
     });
 
     it('reads unaligned views, returns [..., C, R], and splits batches bigger than a binding', async () => {
-      const gpu = await testGpu();
-      const x = hostData('f32', 6 * 9 * 11, rng(runSeed + 4));
-      const t = gpu.upload(x, [6, 9, 11], 'f32');
-      const view = t.rows(1, 5); // starts at byte 396: not aligned
-      const got = transpose2d(smallBindings(gpu), view);
-      expect(got.shape).toEqual([5, 11, 9]);
-      expectExact(await got.read(), transpose2dRef(x.subarray(99), 9, 11), 'chunked transpose');
+      for (const gpu of [await testGpu(), other]) {
+        const x = hostData('f32', 6 * 9 * 11, rng(runSeed + 4));
+        const t = gpu.upload(x, [6, 9, 11], 'f32');
+        const view = t.rows(1, 5); // starts at byte 396: not aligned
+        const got = transpose2d(smallBindings(gpu), view);
+        expect(got.shape).toEqual([5, 11, 9]);
+        expectExact(await got.read(), transpose2dRef(x.subarray(99), 9, 11), `chunked transpose (${gpu.tuning} tuning)`);
+      }
     });
 
     it('validates its inputs', async () => {
