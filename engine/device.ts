@@ -40,7 +40,7 @@ export interface AdapterSummary {
   device: string;
   description: string;
   backend: string;
-  /** A CPU implementation of the API (lavapipe/llvmpipe, SwiftShader, or any fallback adapter). */
+  /** A CPU implementation of the API (lavapipe/llvmpipe, SwiftShader, WARP, or any fallback adapter). */
   software: boolean;
 }
 
@@ -149,7 +149,7 @@ export class Gpu {
       software:
         (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
         info.architecture === 'software' ||
-        /llvmpipe|lavapipe|swiftshader/i.test(`${info.description} ${info.device}`),
+        /llvmpipe|lavapipe|swiftshader|microsoft basic render driver/i.test(`${info.description} ${info.device}`),
     };
     const gpu = new Gpu(device, summary, device.limits, new Set([...device.features].map(String)), options);
     // The Dawn instance must outlive its device, even after destroy(): if it is garbage-collected while

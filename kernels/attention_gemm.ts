@@ -115,22 +115,34 @@ export function attentionByGemm(gpu: Gpu, q: Tensor, k: Tensor, v: Tensor, out: 
   const chunk = Math.max(1, Math.min(Lq, Math.floor(budget / (H * a.kvLen * 4))));
   for (let b = 0; b < B; b++) {
     const kT = transposedF32(gpu, kRows.rows(b * lmax, a.kvLen)).as([H, D, a.kvLen]);
-    const vT = transposedF32(gpu, vRows.rows(b * lmax, a.kvLen)).as([H, D, a.kvLen]);
+    let vT: Tensor | null = null;
     try {
+      vT = transposedF32(gpu, vRows.rows(b * lmax, a.kvLen)).as([H, D, a.kvLen]);
       for (let q0 = 0; q0 < Lq; q0 += chunk) {
         const n = Math.min(chunk, Lq - q0);
         const qT = transpose2d(gpu, qRows.rows(b * Lq + q0, n)).as([H, D, n]);
-        const s = matmul(gpu, qT, kT, { transA: true, maxBindingBytes: a.maxBindingBytes });
-        qT.dispose();
-        softmaxRows(gpu, s, { scale: a.scale });
-        const oT = matmul(gpu, vT, s, { transB: true, maxBindingBytes: a.maxBindingBytes });
-        s.dispose();
-        transpose2d(gpu, oT.reshape([C, n]), { out: oRows.rows(b * Lq + q0, n) });
-        oT.dispose();
+        let s: Tensor;
+        try {
+          s = matmul(gpu, qT, kT, { transA: true, maxBindingBytes: a.maxBindingBytes });
+        } finally {
+          qT.dispose();
+        }
+        let oT: Tensor;
+        try {
+          softmaxRows(gpu, s, { scale: a.scale });
+          oT = matmul(gpu, vT, s, { transB: true, maxBindingBytes: a.maxBindingBytes });
+        } finally {
+          s.dispose();
+        }
+        try {
+          transpose2d(gpu, oT.reshape([C, n]), { out: oRows.rows(b * Lq + q0, n) });
+        } finally {
+          oT.dispose();
+        }
       }
     } finally {
       kT.dispose();
-      vT.dispose();
+      vT?.dispose();
     }
   }
 }

@@ -13,8 +13,10 @@
 // - A workgroup is 256 lanes = 256/TPQ queries of one head (64 at D = 128). Keys and values stream through
 //   workgroup memory in blocks of BKV rows, loaded once per workgroup with coalesced vec4 loads and widened
 //   to f32 there (f16/bf16 caches), BKV·D·4·2 = 16 KiB per block (the WebGPU default workgroup-memory limit).
-// - A key's score is the TPQ lanes' partial dot products summed with subgroupShuffleXor (log2 TPQ steps;
-//   the lanes of a query are adjacent, so they share a subgroup whenever subgroups have ≥ TPQ lanes).
+// - A key's score is the TPQ lanes' partial dot products summed with subgroupShuffleXor (log2 TPQ steps).
+//   The lanes of a query are adjacent invocations, so they share a subgroup when subgroups are aligned runs of
+//   consecutive local_invocation_index values of ≥ TPQ lanes: what NVIDIA, AMD and Intel do for 1-D workgroups,
+//   though neither WebGPU nor Vulkan promises it (the tests compare this kernel with a float64 reference).
 // - Online softmax per block: scores of the block in registers, one rescale of the accumulator per block,
 //   f32 statistics, one division at the end (the same arithmetic as the portable kernel).
 // Lanes whose query is past the end keep running (barriers and shuffles need every lane) and store nothing.
@@ -76,6 +78,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nq = sq.y;
   let k0 = sq.z;
   let nk = sq.w;
+  // A workgroup whose queries all lie past this sequence's end (varlen: shorter sequences) has nothing to do;
+  // the test is the same for every lane, so the barriers below stay in uniform control flow.
+  if (wid.x * BQ >= nq) { return; }
   let part = li % TPQ;
   let qi = wid.x * BQ + li / TPQ;
   let live = qi < nq;

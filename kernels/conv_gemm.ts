@@ -98,9 +98,10 @@ export interface ConvGemmArgs {
   cap: number;
 }
 
-/** Output pixels per chunk for Cin·k² = kc and Cout channels. */
+/** Output pixels per chunk for Cin·k² = kc and Cout channels; at most 65535·64, which keeps the GEMM's grid
+ *  (N/128 workgroups in x on CPU adapters, N/64 with the tiled kernel) within one dimension. */
 export function convGemmChunk(kc: number, cout: number, cap: number, align: number): number {
-  return Math.max(1, Math.floor(Math.min(CHUNK_BYTES, cap - align) / (4 * Math.max(kc, cout))));
+  return Math.max(1, Math.min(65535 * 64, Math.floor(Math.min(CHUNK_BYTES, cap - align) / (4 * Math.max(kc, cout)))));
 }
 
 /**
@@ -121,11 +122,18 @@ export function conv2dByGemm(gpu: Gpu, x: Tensor, w: Tensor, bias: Tensor | null
     for (let p0 = 0; p0 < hwo; p0 += chunk) {
       const m = Math.min(chunk, hwo - p0);
       const col = gpu.empty([m, kc], 'f32', 'conv-col');
-      gpu.run(IM2COL, [xr.range, col], new Params().u32(m, p0, a.wo, h, wd, a.k, a.stride, a.padding, kc, xr.skip), ceilDiv(m * cin, WG));
-      const t = linear(gpu, weights, col, null);
-      col.dispose();
-      gpu.run(PLACE, [t, bias ?? t, yr.range], new Params().u32(m, p0, hwo, cout, yr.skip, bias ? 1 : 0), ceilDiv(m * cout, WG));
-      t.dispose();
+      let t: Tensor;
+      try {
+        gpu.run(IM2COL, [xr.range, col], new Params().u32(m, p0, a.wo, h, wd, a.k, a.stride, a.padding, kc, xr.skip), ceilDiv(m * cin, WG));
+        t = linear(gpu, weights, col, null);
+      } finally {
+        col.dispose();
+      }
+      try {
+        gpu.run(PLACE, [t, bias ?? t, yr.range], new Params().u32(m, p0, hwo, cout, yr.skip, bias ? 1 : 0), ceilDiv(m * cout, WG));
+      } finally {
+        t.dispose();
+      }
     }
   }
 }

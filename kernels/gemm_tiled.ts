@@ -5,7 +5,7 @@
 // there, while on a GPU its uncoalesced, unshared loads waste the memory system.
 //
 // A workgroup of 16×16 threads computes a BM×BN tile of C. Per step of BK along k it stages A's BM×BK and
-// B's BK×BN tiles in workgroup memory as f32 (halves widened once, on load), k-major, so that a thread
+// B's BK×BN tiles in workgroup memory as f32 (halves widened once, on load), k-major, as scalars (see `As` below), so that a thread
 // reads its rows and columns as vec4s; each thread then accumulates TM×TN outputs in registers. A thread's
 // rows are 4-row groups 64 apart (rows 64g + 4ty + u), and its columns likewise, so that the 16 threads of
 // a row read 16 consecutive vec4s (no bank conflicts) and each loaded value is reused TN (or TM) times.
@@ -52,9 +52,12 @@ export function pickGemmTile(M: number, N: number, batch: number): GemmTile {
 
 const specs = new Map<string, KernelSpec>();
 
+/** Four consecutive elements of a scalar workgroup array, from index expression `i` (a multiple of 4). */
+const quad = (arr: string, i: string) => `vec4<f32>(${[0, 1, 2, 3].map((u) => `${arr}[${i} + ${u}u]`).join(', ')})`;
+
 /**
- * WGSL that stages one operand's tile for the step at k0 into `sh` (array<vec4<f32>>, k-major: element
- * (k, r) at sh[k·T/4 + r/4][r % 4]). `alongK`: the operand is stored [E, K] (rows contiguous along k);
+ * WGSL that stages one operand's tile for the step at k0 into `sh` (array<f32>, k-major: element (k, r) at
+ * sh[k·T + r]). `alongK`: the operand is stored [E, K] (rows contiguous along k);
  * otherwise [K, E] (contiguous along E). E is M or N, T the tile's extent along it, `base` its first row.
  */
 function stageTile(o: { sh: string; ld: string; off: string; E: string; base: string; T: number; bk: number; alongK: boolean; vec: boolean }): string {
@@ -72,7 +75,7 @@ function stageTile(o: { sh: string; ld: string; off: string; E: string; base: st
       lines.push('  var x = vec4<f32>(0.0);');
       if (vec) lines.push(`  if (k < p.K) { x = ${ld}4(rowStart + k); }`);
       else for (let u = 0; u < 4; u++) lines.push(`  x[${u}] = select(0.0, ${ld}1(rowStart + min(k + ${u}u, p.K - 1u)), k + ${u}u < p.K);`);
-      for (let u = 0; u < 4; u++) lines.push(`  ${sh}[(4u * kq + ${u}u) * ${T / 4}u + r / 4u][r % 4u] = x[${u}];`);
+      for (let u = 0; u < 4; u++) lines.push(`  ${sh}[(4u * kq + ${u}u) * ${T}u + r] = x[${u}];`);
     } else {
       // Quad rq of k row kr: elements base + 4rq .. +3 of row k0 + kr.
       lines.push(`  let kr = ${q} / ${T / 4}u; let rq = ${q} % ${T / 4}u; let k = k0 + kr;`);
@@ -82,7 +85,7 @@ function stageTile(o: { sh: string; ld: string; off: string; E: string; base: st
         lines.push(`  let kRow = ${off} + min(k, p.K - 1u) * ${E};`);
         for (let u = 0; u < 4; u++) lines.push(`  x[${u}] = select(0.0, ${ld}1(kRow + min(${base} + 4u * rq + ${u}u, ${E} - 1u)), k < p.K);`);
       }
-      lines.push(`  ${sh}[kr * ${T / 4}u + rq] = x;`);
+      for (let u = 0; u < 4; u++) lines.push(`  ${sh}[kr * ${T}u + 4u * rq + ${u}u] = x[${u}];`);
     }
     lines.push('}');
   }
@@ -108,8 +111,8 @@ export function tiledGemmSpec(v: GemmOperands, t: GemmTile): KernelSpec {
   // The k loop of a step has a constant trip count, which GPU compilers unroll themselves; unrolled here it
   // took lavapipe 5–9 s to compile per big-tile variant.
   const loads = [
-    ...Array.from({ length: GM }, (_, g) => `let a${g} = As[kk * ${bm / 4}u + ${16 * g}u + ty];`),
-    ...Array.from({ length: GN }, (_, h) => `let b${h} = Bs[kk * ${bn / 4}u + ${16 * h}u + tx];`),
+    ...Array.from({ length: GM }, (_, g) => `let a${g} = ${quad('As', `kk * ${bm}u + ${GROUP_STRIDE * g}u + 4u * ty`)};`),
+    ...Array.from({ length: GN }, (_, h) => `let b${h} = ${quad('Bs', `kk * ${bn}u + ${GROUP_STRIDE * h}u + 4u * tx`)};`),
   ];
   const fmas: string[] = [];
   for (let g = 0; g < GM; g++) for (let u = 0; u < 4; u++) for (let h = 0; h < GN; h++) {
@@ -129,8 +132,12 @@ export function tiledGemmSpec(v: GemmOperands, t: GemmTile): KernelSpec {
 
   const code = /* wgsl */ `${gemmPrelude(v, width, width)}
 // tiled GEMM: ${bm}×${bn} per workgroup, k step ${bk}, ${tm}×${tn} per thread
-var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
-var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;
+// Scalar arrays: a thread stores single elements of the tiles, and a store into one component of a shared
+// vec4 is compiled by Tint's HLSL back end (D3D12) as a read-modify-write of the whole vec4, which would
+// race with the neighbours storing the other components. Reads gather four consecutive, 16-byte aligned
+// words, which GPU compilers turn into one vector load.
+var<workgroup> As: array<f32, ${bk * bm}>;
+var<workgroup> Bs: array<f32, ${bk * bn}>;
 @compute @workgroup_size(${THREADS})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let tx = li % ${THREADS_X}u;

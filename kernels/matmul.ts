@@ -268,7 +268,8 @@ function gemmChoice(gpu: Gpu, v: Omit<GemmOperands, 'vec'>, M: number, N: number
   if (k === 'big' || k === 'small') return { kind: 'tiled', tile: GEMM_TILES[k] };
   if (k === 'skinny' && linearLayout) return { kind: 'skinny' };
   if (gpu.tuning !== 'gpu') return { kind: 'register' };
-  if (linearLayout && M <= SKINNY_MAX_ROWS) return { kind: 'skinny' };
+  // The skinny grid has N/8 workgroups in x: very wide outputs take the tiled kernel.
+  if (linearLayout && M <= SKINNY_MAX_ROWS && ceilDiv(N, SKINNY_COLS) <= MAX_GRID) return { kind: 'skinny' };
   return { kind: 'tiled', tile: pickGemmTile(M, N, batch) };
 }
 

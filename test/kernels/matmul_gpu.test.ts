@@ -211,4 +211,19 @@ describe('GPU GEMM selection', () => {
     }
     await expect(Gpu.create({ tuning: 'fast' as never })).rejects.toThrow(/kernel tuning "fast".*one of: cpu, gpu/);
   });
+
+  it('outputs too wide for the skinny grid (N/8 > 65535 workgroups) take the tiled kernel', async () => {
+    const tuned = await Gpu.create({ tuning: 'gpu', validate: true });
+    try {
+      const rand = rng(runSeed + 9);
+      const [M, K, N] = [2, 1, 524_281];
+      const x = randomArray(M * K, rand);
+      const w = randomArray(N * K, rand);
+      const y = linear(tuned, tuned.upload(x, [M, K], 'f32'), tuned.upload(w, [N, K], 'f32'), null);
+      expectClose(await y.read(), linearRef(x, w, null, M, N, K), { what: 'wide linear', ...dotTol(K, 1, 1) });
+      expect(tuned.compiledKernels).toEqual([expect.stringMatching(/^linear_f32w_tiled(64|128)$/)]);
+    } finally {
+      tuned.destroy();
+    }
+  });
 });
