@@ -19,6 +19,24 @@ export function intArg(name: string, fallback: number): number {
   return v;
 }
 
+/** A finite number flag (cfg, τ), or undefined when absent. */
+export function numberArg(name: string): number | undefined {
+  const text = arg(name);
+  if (text === undefined) return undefined;
+  const v = Number(text);
+  if (!Number.isFinite(v)) throw new Error(`bench: ${name} must be a number, got "${text}"`);
+  return v;
+}
+
+/** A non-negative integer flag (warm-up runs may be 0), or `fallback` when absent. */
+export function countArg(name: string, fallback: number): number {
+  const text = arg(name);
+  if (text === undefined) return fallback;
+  const v = Number(text);
+  if (!Number.isInteger(v) || v < 0) throw new Error(`bench: ${name} must be a non-negative integer, got "${text}"`);
+  return v;
+}
+
 /** A flag restricted to `allowed` values, or `fallback` when absent. */
 export function choiceArg<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
   const text = arg(name);

@@ -25,7 +25,7 @@
 // load8b:    --chunks N (1 of 8 block chunks)  --shards N (4)  --dtype f32|bf16 (f32, as released)
 //            --linear-dtype f16|bf16|f32 (f16) --dir DIR (default: a temp folder; the files are deleted after)
 
-import { arg, choiceArg, hasFlag, intArg, intListArg } from './args.js';
+import { arg, choiceArg, countArg, hasFlag, intArg, intListArg, numberArg } from './args.js';
 import type { InfinityBenchOptions } from './infinity.js';
 import type { Load8bOptions } from './load8b.js';
 import type { PolicyBenchOptions } from './policies.js';
@@ -55,24 +55,6 @@ export function infinityOptions(): InfinityBenchOptions {
       ? null
       : { ch: intArg('--vae-ch', full ? 128 : 32), sizes: intListArg('--vae-sizes', full ? [1024] : [256]), runs: intArg('--vae-runs', 1) },
   };
-}
-
-/** A finite number flag (cfg, τ), or undefined when absent. */
-function numberArg(name: string): number | undefined {
-  const text = arg(name);
-  if (text === undefined) return undefined;
-  const v = Number(text);
-  if (!Number.isFinite(v)) throw new Error(`bench: ${name} must be a number, got "${text}"`);
-  return v;
-}
-
-/** A non-negative integer flag (warm-up runs may be 0), or `fallback` when absent. */
-function countArg(name: string, fallback: number): number {
-  const text = arg(name);
-  if (text === undefined) return fallback;
-  const v = Number(text);
-  if (!Number.isInteger(v) || v < 0) throw new Error(`bench: ${name} must be a non-negative integer, got "${text}"`);
-  return v;
 }
 
 export function policiesOptions(): PolicyBenchOptions {

@@ -11,6 +11,7 @@
 
 import { Gpu } from '../engine/device.js';
 import { Profiler } from '../engine/profiler.js';
+import { arg } from './args.js';
 import { benchAttention } from './attention.js';
 import { benchConv } from './conv.js';
 import { benchE2E } from './e2e.js';
@@ -38,11 +39,6 @@ const FAMILIES: Record<string, (gpu: Gpu) => Promise<BenchRow[]>> = {
   // the demo, files (--model --vae) or random weights at the released sizes (--synthetic 2b --full).
   policies: (gpu) => benchPolicies(gpu, policiesOptions()),
 };
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');
