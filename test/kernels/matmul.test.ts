@@ -1,36 +1,20 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { f32ToBf16Array, f32ToF16Array, roundThrough } from '../../engine/dtype.js';
+import { roundThrough } from '../../engine/dtype.js';
 import { LimitError, ShapeError } from '../../engine/errors.js';
 import type { Gpu } from '../../engine/device.js';
-import type { Tensor } from '../../engine/tensor.js';
 import { type Activation, linear, linearRef, matmul, matmulRef, matmulTesting } from '../../kernels/matmul.js';
 import { expectClose, poisoned, randomArray, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
+import { checkBatchedMatmul, checkLinear, dotTol, uploadAs, type WDtype } from './matmul_helpers.js';
 
 afterAll(releaseTestGpu);
 
-type WDtype = 'f32' | 'f16' | 'bf16';
-
-// Tolerances. Inputs are rounded to their storage dtype on the host first, so the float64 reference sees
-// exactly the values the GPU reads; the only error left is f32 accumulation (plus output rounding for f16 out).
-// The kernel sums the K products one at a time into an f32 accumulator; each addition rounds by ≤ ε/2 of a
-// partial sum that grows like √k, so the error is a random walk that grows faster than √K. Measured over many
-// seeds the worst excess is ≈ 6 units of √K·X·W·ε at K = 1000 and ≈ 10 at K = 4096 (ε = 2⁻²³), so 32 units
-// leaves ≥ 3× margin for every K used here (K ≤ 2048: ≥ 5×). The 1e-5 relative term covers the final
-// roundings of large outputs and the activations' own ≤ 2e-7 approximation error.
-const EPS32 = 2 ** -23;
-function dotTol(K: number, maxX: number, maxW: number) {
-  return { rtol: 1e-5, atol: 32 * Math.sqrt(K) * maxX * maxW * EPS32 + 1e-7 };
-}
+// Tolerances: dotTol (matmul_helpers.ts) bounds f32 accumulation over K on inputs rounded to their storage
+// dtype on the host, so the float64 reference sees exactly what the GPU reads.
 const maxAbs = (a: ArrayLike<number>) => {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
   return m;
 };
-
-function uploadAs(gpu: Gpu, values: Float32Array, shape: number[], dtype: WDtype | 'f16'): Tensor {
-  if (dtype === 'f32') return gpu.upload(values, shape, 'f32');
-  return gpu.upload(dtype === 'f16' ? f32ToF16Array(values) : f32ToBf16Array(values), shape, dtype);
-}
 
 describe(`linear (seed ${runSeed})`, () => {
   // [M, K, N]: degenerate, odd (scalar path), tile edges, a skinny early-scale row count with a long K, and a
@@ -265,28 +249,13 @@ describe(`without subgroup shuffles (seed ${runSeed})`, () => {
   for (const [M, K, N, dt] of [[37, 96, 70, 'f16'], [7, 13, 5, 'f32']] as const) {
     it(`linear ${dt} weights, x [${M}, ${K}] · w [${N}, ${K}]ᵀ + bias`, () =>
       withoutSubgroups(async (gpu) => {
-        const rand = rng(runSeed + M * 3 + K);
-        const x = randomArray(M * K, rand);
-        const w = roundThrough(dt, randomArray(N * K, rand));
-        const b = randomArray(N, rand);
-        const out = poisoned(gpu, [M, N]);
-        linear(gpu, gpu.upload(x, [M, K], 'f32'), uploadAs(gpu, w, [N, K], dt), gpu.upload(b, [N], 'f32'), { out });
-        expectClose(await out.read(), linearRef(x, w, b, M, N, K), { what: 'no-subgroup linear', ...dotTol(K, 1, 1) });
+        await checkLinear(gpu, { M, K, N, dtype: dt }, rng(runSeed + M * 3 + K), 'no-subgroup linear');
       }));
   }
   for (const [transA, transB] of [[false, false], [true, false], [true, true]] as const) {
     it(`matmul [2] 21×44·44×36${transA ? ' transA' : ''}${transB ? ' transB' : ''}`, () =>
       withoutSubgroups(async (gpu) => {
-        const [batch, M, K, N] = [2, 21, 44, 36];
-        const rand = rng(runSeed + (transA ? 1 : 0) + (transB ? 2 : 0));
-        const a = randomArray(batch * M * K, rand);
-        const b = randomArray(batch * K * N, rand);
-        const out = poisoned(gpu, [batch, M, N]);
-        const aShape = transA ? [batch, K, M] : [batch, M, K];
-        const bShape = transB ? [batch, N, K] : [batch, K, N];
-        matmul(gpu, gpu.upload(a, aShape, 'f32'), gpu.upload(b, bShape, 'f32'), { transA, transB, out });
-        const want = matmulRef(a, b, { batch, M, N, K, transA, transB, aBatched: true, bBatched: true });
-        expectClose(await out.read(), want, { what: 'no-subgroup matmul', ...dotTol(K, 1, 1) });
+        await checkBatchedMatmul(gpu, { batch: 2, M: 21, K: 44, N: 36, transA, transB }, rng(runSeed + (transA ? 1 : 0) + (transB ? 2 : 0)), 'no-subgroup matmul');
       }));
   }
 });

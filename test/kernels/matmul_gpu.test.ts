@@ -8,25 +8,19 @@
 
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Gpu } from '../../engine/device.js';
-import { f32ToBf16Array, f32ToF16Array, roundThrough } from '../../engine/dtype.js';
-import type { Tensor } from '../../engine/tensor.js';
+import { roundThrough } from '../../engine/dtype.js';
 import { SKINNY_MAX_ROWS } from '../../kernels/gemm_skinny.js';
 import { GEMM_TILES, pickGemmTile } from '../../kernels/gemm_tiled.js';
 import { linear, linearRef, matmul, matmulRef, matmulTesting } from '../../kernels/matmul.js';
 import { expectClose, poisoned, randomArray, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
+import { checkBatchedMatmul, checkLinear, dotTol, uploadAs } from './matmul_helpers.js';
 
 afterAll(releaseTestGpu);
 afterEach(() => {
   matmulTesting.kernel = 'auto';
 });
 
-const EPS32 = 2 ** -23;
-const dotTol = (K: number, maxX: number, maxW: number) => ({ rtol: 1e-5, atol: 32 * Math.sqrt(K) * maxX * maxW * EPS32 + 1e-7 });
-
-function uploadAs(gpu: Gpu, values: Float32Array, shape: number[], dtype: 'f32' | 'f16' | 'bf16'): Tensor {
-  if (dtype === 'f32') return gpu.upload(values, shape, 'f32');
-  return gpu.upload(dtype === 'f16' ? f32ToF16Array(values) : f32ToBf16Array(values), shape, dtype);
-}
+const WIDE = { wMax: 0.5, biasMax: 2 };
 
 for (const tile of ['small', 'big'] as const) {
   describe(`tiled GEMM, ${tile} tile (seed ${runSeed})`, () => {
@@ -44,13 +38,7 @@ for (const tile of ['small', 'big'] as const) {
         it(`linear ${dt} weights, x [${M}, ${K}] · w [${N}, ${K}]ᵀ + bias`, async () => {
           const gpu = await testGpu();
           matmulTesting.kernel = tile;
-          const rand = rng(runSeed + M * 7919 + K * 31 + N + dt.length);
-          const x = randomArray(M * K, rand);
-          const w = roundThrough(dt, randomArray(N * K, rand, -0.5, 0.5));
-          const b = randomArray(N, rand, -2, 2);
-          const out = poisoned(gpu, [M, N]);
-          linear(gpu, gpu.upload(x, [M, K], 'f32'), uploadAs(gpu, w, [N, K], dt), gpu.upload(b, [N], 'f32'), { out });
-          expectClose(await out.read(), linearRef(x, w, b, M, N, K), { what: `tiled ${tile} linear ${dt}`, ...dotTol(K, 1, 0.5) });
+          await checkLinear(gpu, { M, K, N, dtype: dt }, rng(runSeed + M * 7919 + K * 31 + N + dt.length), `tiled ${tile} linear ${dt}`, WIDE);
           expect(gpu.compiledKernels.some((n) => n.endsWith(`_tiled${bm}`))).toBe(true);
         });
       }
@@ -79,16 +67,7 @@ for (const tile of ['small', 'big'] as const) {
         it(`matmul [2] ${M}×${K}·${K}×${N}${transA ? ' transA' : ''}${transB ? ' transB' : ''}`, async () => {
           const gpu = await testGpu();
           matmulTesting.kernel = tile;
-          const batch = 2;
-          const rand = rng(runSeed + M + (transA ? 1 : 0) + (transB ? 2 : 0));
-          const a = randomArray(batch * M * K, rand);
-          const b = randomArray(batch * K * N, rand);
-          const out = poisoned(gpu, [batch, M, N]);
-          const aShape = transA ? [batch, K, M] : [batch, M, K];
-          const bShape = transB ? [batch, N, K] : [batch, K, N];
-          matmul(gpu, gpu.upload(a, aShape, 'f32'), gpu.upload(b, bShape, 'f32'), { transA, transB, out });
-          const want = matmulRef(a, b, { batch, M, N, K, transA, transB, aBatched: true, bBatched: true });
-          expectClose(await out.read(), want, { what: `tiled ${tile} matmul`, ...dotTol(K, 1, 1) });
+          await checkBatchedMatmul(gpu, { batch: 2, M, K, N, transA, transB }, rng(runSeed + M + (transA ? 1 : 0) + (transB ? 2 : 0)), `tiled ${tile} matmul`);
         });
       }
     }
@@ -131,13 +110,7 @@ describe(`skinny GEMM (seed ${runSeed})`, () => {
       it(`linear ${dt} weights, x [${M}, ${K}] · w [${N}, ${K}]ᵀ + bias`, async () => {
         const gpu = await testGpu();
         matmulTesting.kernel = 'skinny';
-        const rand = rng(runSeed + M * 7919 + K * 31 + N + dt.length + 5);
-        const x = randomArray(M * K, rand);
-        const w = roundThrough(dt, randomArray(N * K, rand, -0.5, 0.5));
-        const b = randomArray(N, rand, -2, 2);
-        const out = poisoned(gpu, [M, N]);
-        linear(gpu, gpu.upload(x, [M, K], 'f32'), uploadAs(gpu, w, [N, K], dt), gpu.upload(b, [N], 'f32'), { out });
-        expectClose(await out.read(), linearRef(x, w, b, M, N, K), { what: `skinny linear ${dt}`, ...dotTol(K, 1, 0.5) });
+        await checkLinear(gpu, { M, K, N, dtype: dt }, rng(runSeed + M * 7919 + K * 31 + N + dt.length + 5), `skinny linear ${dt}`, WIDE);
         expect(gpu.compiledKernels).toContain(`linear_${dt}w_skinny`);
       });
     }
