@@ -9,7 +9,7 @@ import { f32ToBf16Array, f32ToF16Array, roundThrough } from '../../engine/dtype.
 import { ShapeError } from '../../engine/errors.js';
 import { attention, attentionRef, attentionTesting } from '../../kernels/attention.js';
 import { softmaxRows, softmaxRowsRef } from '../../kernels/attention_gemm.js';
-import { unitHeads } from './attention_helpers.js';
+import { checkDense, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 afterAll(releaseTestGpu);
@@ -52,20 +52,7 @@ describe(`attention through two GEMMs (seed ${runSeed})`, () => {
   it.each(cases)('B %i, H %i, D %i, Lq %i, Lmax %i, kvLen %i', async (b, h, d, lq, lmax, kvLen) => {
     const gpu = await testGpu();
     attentionTesting.kernel = 'gemm';
-    const rand = rng(runSeed + b * 1000 + lq * 7 + kvLen + 3);
-    const c = h * d;
-    const q = randn(b * lq * c, rand);
-    const k = randn(b * lmax * c, rand);
-    const v = randn(b * lmax * c, rand);
-    for (let bi = 0; bi < b; bi++) {
-      k.fill(1e6, (bi * lmax + kvLen) * c, (bi + 1) * lmax * c);
-      v.fill(1e6, (bi * lmax + kvLen) * c, (bi + 1) * lmax * c);
-    }
-    const scale = 1 / Math.sqrt(d);
-    const out = poisoned(gpu, [b, lq, c]);
-    attention(gpu, gpu.upload(q, [b, lq, c], 'f32'), gpu.upload(k, [b, lmax, c], 'f32'), gpu.upload(v, [b, lmax, c], 'f32'), { heads: h, scale, kvLen, out });
-    const seqs = Array.from({ length: b }, (_, i) => ({ q0: i * lq, nq: lq, k0: i * lmax, nk: kvLen }));
-    expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale, seqs }), { ...TOL, what: 'gemm attention' });
+    await checkDense(gpu, { b, h, d, lq, lmax, kvLen }, rng(runSeed + b * 1000 + lq * 7 + kvLen + 3), 'gemm attention');
     expect(gpu.compiledKernels).toContain('softmax_rows');
   });
 

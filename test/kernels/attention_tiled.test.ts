@@ -8,10 +8,10 @@
 
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Gpu } from '../../engine/device.js';
-import { f32ToBf16Array, f32ToF16Array, roundThrough } from '../../engine/dtype.js';
+import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { attention, attentionMasked, attentionRef, attentionTesting } from '../../kernels/attention.js';
 import { tiledAttentionShape } from '../../kernels/attention_tiled.js';
-import { checkVarlen, unitHeads } from './attention_helpers.js';
+import { checkDense, checkVarlen, unitHeads } from './attention_helpers.js';
 import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
 
 afterAll(releaseTestGpu);
@@ -20,8 +20,6 @@ afterEach(() => {
 });
 
 const TOL = { rtol: 1e-5, atol: 1e-5 };
-
-const halves = (dtype: 'f16' | 'bf16', x: Float32Array) => (dtype === 'f16' ? f32ToF16Array(x) : f32ToBf16Array(x));
 
 describe(`tiled attention (seed ${runSeed})`, () => {
   // [B, H, D, Lq, Lmax, kvLen, cache dtype]
@@ -36,21 +34,7 @@ describe(`tiled attention (seed ${runSeed})`, () => {
   it.each(cases)('B %i, H %i, D %i, Lq %i, Lmax %i, kvLen %i, %s cache', async (b, h, d, lq, lmax, kvLen, kv) => {
     const gpu = await testGpu();
     attentionTesting.kernel = 'tiled';
-    const rand = rng(runSeed + b * 1000 + lq * 7 + kvLen + d);
-    const c = h * d;
-    const q = randn(b * lq * c, rand);
-    const k = roundThrough(kv, randn(b * lmax * c, rand));
-    const v = roundThrough(kv, randn(b * lmax * c, rand));
-    for (let bi = 0; bi < b; bi++) {
-      k.fill(1e6, (bi * lmax + kvLen) * c, (bi + 1) * lmax * c);
-      v.fill(1e6, (bi * lmax + kvLen) * c, (bi + 1) * lmax * c);
-    }
-    const up = (x: Float32Array) => (kv === 'f32' ? gpu.upload(x, [b, lmax, c], 'f32') : gpu.upload(halves(kv, x), [b, lmax, c], kv));
-    const scale = 1 / Math.sqrt(d);
-    const out = poisoned(gpu, [b, lq, c]);
-    attention(gpu, gpu.upload(q, [b, lq, c], 'f32'), up(k), up(v), { heads: h, scale, kvLen, out });
-    const seqs = Array.from({ length: b }, (_, i) => ({ q0: i * lq, nq: lq, k0: i * lmax, nk: kvLen }));
-    expectClose(await out.read(), attentionRef(q, k, v, c, { heads: h, scale, seqs }), { ...TOL, what: `tiled attention D ${d}` });
+    await checkDense(gpu, { b, h, d, lq, lmax, kvLen, kv }, rng(runSeed + b * 1000 + lq * 7 + kvLen + d), `tiled attention D ${d}`);
     expect(gpu.compiledKernels).toContain(`attention_tiled_${kv}_d${d}`);
   });
 
