@@ -21,7 +21,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { cast } from './elementwise.js';
 import { transpose2d } from './layout.js';
 import { matmul } from './matmul.js';
-import { LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
 
 /** Scores materialised at once, at most (bytes). */
 const SCORE_BYTES = 32 * 2 ** 20;
@@ -38,7 +38,7 @@ ${treeReduce(WG, 'f32', (a, b) => `max(${a}, ${b})`, { name: 'max_wg' })}
 ${treeReduce(WG, 'f32', (a, b) => `${a} + ${b}`, { name: 'sum_wg', declared: true })}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let r = linear_workgroup(wid, nwg);
   if (r >= p.rows) { return; } // uniform per workgroup: the barriers below stay uniform
   let b = r * p.n;

@@ -30,7 +30,7 @@ import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { conv2dByGemm } from './conv_gemm.js';
 import { bindingCap, elementRange } from './resize.js';
-import { LINEAR_WORKGROUP } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP } from './wgsl.js';
 
 export interface Conv2dOptions {
   /** Zero padding on every side (default 0, as nn.Conv2d). */
@@ -163,7 +163,7 @@ var<workgroup> a_tile: array<${av ? 'vec4<f32>' : 'f32'}, ${aSlots}>; // [kk][co
 var<workgroup> b_tile: array<vec4<f32>, ${(BK * bn) / 4}>; // [kk][pixel / 4]
 
 @compute @workgroup_size(${threads})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let wg = linear_workgroup(wid, nwg);
   if (wg >= p.tiles) { return; }
   // Output-channel tiles vary fastest: neighbouring workgroups share their input tile in cache.

@@ -18,12 +18,10 @@ import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { linear } from './matmul.js';
 import { elementRange } from './resize.js';
-import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
 
 const WG = 64;
 const CHUNK_BYTES = 32 * 2 ** 20;
-
-const MAIN = '@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32';
 
 const IM2COL: KernelSpec = {
   name: 'conv_im2col',
@@ -36,7 +34,7 @@ struct P { n: u32, p0: u32, wo: u32, h: u32, w: u32, k: u32, stride: u32, pad: u
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(${MAIN}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // One invocation per (pixel j, input channel ci): its k² taps are consecutive in col, and the pixel's
   // coordinates are worked out once for all of them (integer division is costly per lane on lavapipe).
   let e = linear_workgroup(wid, nwg) * ${WG}u + li;
@@ -77,7 +75,7 @@ struct P { n: u32, p0: u32, hwo: u32, cout: u32, y_skip: u32, has_bias: u32 }
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(${MAIN}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let e = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (e >= p.n * p.cout) { return; }
   let co = e / p.n;

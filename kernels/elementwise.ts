@@ -8,7 +8,7 @@ import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { type DType, isFloat } from '../engine/dtype.js';
 import { assertSeparateBuffers, elementWindow, windowElements } from './layout.js';
-import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
+import { ceilDiv, LINEAR_MAIN_ARGS, LINEAR_WORKGROUP } from './wgsl.js';
 
 export type UnaryOp = 'gelu_tanh' | 'gelu_erf' | 'silu' | 'scale' | 'clamp' | 'identity';
 export type BinaryOp = 'add' | 'mul';
@@ -80,7 +80,7 @@ struct P { n: u32, alpha: f32 }
 ${ACTIVATIONS_WGSL}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (i >= p.n) { return; }
   let v = x[i];
@@ -142,7 +142,7 @@ struct P { n: u32, nb: u32, alpha: f32, beta: f32, base: u32 }
 @group(0) @binding(3) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (i >= p.n) { return; }
   let bv = b[(p.base + i) % p.nb];
@@ -347,7 +347,7 @@ ${CAST_BITS_WGSL}
 fn out_bits(j: u32) -> u32 { ${load} return ${castExpr(from, to)}; }
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {${body}
+fn main(${LINEAR_MAIN_ARGS}) {${body}
 }`,
   };
   castSpecs.set(key, spec);

@@ -13,7 +13,7 @@ import { ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP, ceilDiv, loadAsF32, storageElement } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP, ceilDiv, loadAsF32, storageElement } from './wgsl.js';
 
 const WG = 256;
 
@@ -264,7 +264,7 @@ struct P { R: u32, C: u32, B: u32, quads: u32, xFirst: u32, yFirst: u32 }
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // Invocation id → (batch b, row r, quad q of the row's columns).
   var t = linear_workgroup(wid, nwg) * 64u + li;
   let q = t % p.quads;

@@ -23,7 +23,7 @@ import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
 
 export type ReduceOp = 'sum' | 'max' | 'sumsq';
 
@@ -187,7 +187,6 @@ fn welford_merge(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
 }`;
 
 /** Tree reduction of one value per thread over a workgroup of `wg` threads (`wg` a power of two). */
-const MAIN_ARGS = '@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32';
 
 /** Storage declarations: binding 0 is x (read_write when the kernel works in place), then the rest; element
  *  type f32 unless a third entry says f16 (then the shader needs `enable f16`). */
@@ -279,7 +278,7 @@ ${welford ? WELFORD_WGSL : ''}
 ${treeReduce(v.wg, welford ? 'vec3<f32>' : 'f32', welford ? (a, b) => `welford_merge(${a}, ${b})` : (a, b) => `${a} + ${b}`)}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${v.wg})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let s = linear_workgroup(wid, nwg);
   if (s >= p.segs) { return; } // uniform per workgroup: the barriers below stay in uniform control flow
   let xb = p.x_off + s * p.n;
@@ -455,7 +454,7 @@ struct P { n: u32, c: u32, e0: u32, rpg: u32, x_off: u32, y_off: u32, g_off: u32
 ${decl.code}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${GATE_WG})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // Elements [e0, e0 + n) of the flat x; this dispatch's bindings start at e0.
   let j0 = linear_workgroup(wid, nwg) * ${GATE_BLOCK}u + li;
   for (var t = 0u; t < ${GATE_PER_THREAD}u; t++) {
@@ -523,7 +522,7 @@ ${decl.code}
 ${treeReduce(wg, 'f32', op === 'max' ? (a, b) => `max(${a}, ${b})` : (a, b) => `${a} + ${b}`)}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${wg})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let s = linear_workgroup(wid, nwg);
   if (s >= p.segs) { return; }
   let xb = p.x_off + s * p.n;
@@ -581,7 +580,7 @@ ${WELFORD_WGSL}
 ${treeReduce(GN_WG, 'vec3<f32>', (a, b) => `welford_merge(${a}, ${b})`)}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${GN_WG})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let kl = linear_workgroup(wid, nwg);
   if (kl >= p.blocks) { return; }
   let k = p.k0 + kl;
@@ -611,7 +610,7 @@ ${WELFORD_WGSL}
 ${treeReduce(GN_WG, 'vec3<f32>', (a, b) => `welford_merge(${a}, ${b})`)}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${GN_WG})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let s = linear_workgroup(wid, nwg);
   if (s >= p.segs) { return; }
   // Block means are re-expressed relative to the group's shift (its first block's), so the merge works on
@@ -657,7 +656,7 @@ struct P { blocks: u32, k0: u32, bpp: u32, hw: u32, c: u32, cpg: u32, e0: u32, x
 ${decl.code}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${GN_WG})
-fn main(${MAIN_ARGS}) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let kl = linear_workgroup(wid, nwg);
   if (kl >= p.blocks) { return; }
   let k = p.k0 + kl;

@@ -12,7 +12,7 @@ import { LimitError, ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { BufferRange, KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP } from './wgsl.js';
 
 export type ResizeMode = 'bilinear' | 'bicubic' | 'area' | 'nearest';
 export type ResizeLayout = 'nchw' | 'nhwc';
@@ -134,7 +134,7 @@ fn ld(pl: u32, y: u32, x: u32, c: u32) -> f32 {
   return src[p.in_skip + ((pl * p.in_h + y - p.iy0) * p.in_w + x) * p.ch + c];
 }
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (i >= p.total) { return; }
   let c = i % p.ch;

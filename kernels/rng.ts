@@ -21,7 +21,7 @@ import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { elementWindow, windowElements } from './layout.js';
-import { LINEAR_WORKGROUP, ceilDiv } from './wgsl.js';
+import { ceilDiv, LINEAR_MAIN_ARGS, LINEAR_WORKGROUP } from './wgsl.js';
 
 const WG = 256;
 const M0 = 0xd2511f53;
@@ -256,7 +256,7 @@ ${LINEAR_WORKGROUP}
 // Lane l of block t is output element 4t + l − head, when that lies in [0, n).
 fn put(j: u32, bits: u32) { if (j >= p.head && j - p.head < p.n) { y[p.yFirst + j - p.head] = bits; } }
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // One invocation per Philox block: block index (64-bit) = first block + t.
   let t = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (4u * t >= p.head + p.n) { return; }
@@ -321,7 +321,7 @@ struct P { m: u32, k0: u32, k1: u32, cFirst: u32, yFirst: u32 }
 ${PHILOX_WGSL}
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   let i = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (i >= p.m) { return; }
   let c = p.cFirst + 4u * i;

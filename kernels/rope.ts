@@ -16,7 +16,7 @@ import { ShapeError, shapeStr } from '../engine/errors.js';
 import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
-import { LINEAR_WORKGROUP } from './wgsl.js';
+import { LINEAR_MAIN_ARGS, LINEAR_WORKGROUP } from './wgsl.js';
 
 const WG = 256;
 
@@ -33,7 +33,7 @@ struct P { pairs: u32, row_pairs: u32, head_pairs: u32, rows_per_batch: u32, off
 @group(0) @binding(2) var<uniform> p: P;
 ${LINEAR_WORKGROUP}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // One invocation per pair: pair e of the tensor is pair (e mod C/2) of row r, i.e. pair i of its head.
   let e = linear_workgroup(wid, nwg) * ${WG}u + li;
   if (e >= p.pairs) { return; }

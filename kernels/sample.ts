@@ -33,7 +33,7 @@ import { Params } from '../engine/params.js';
 import type { KernelSpec } from '../engine/pipelines.js';
 import type { Tensor } from '../engine/tensor.js';
 import { PHILOX_WGSL } from './rng.js';
-import { LINEAR_WORKGROUP, ceilDiv, treeReduce } from './wgsl.js';
+import { ceilDiv, LINEAR_MAIN_ARGS, LINEAR_WORKGROUP, treeReduce } from './wgsl.js';
 
 const WG = 256;
 const TWO32 = 2 ** 32;
@@ -129,7 +129,7 @@ fn draw(l0: f32, l1: f32, u: f32) -> i32 {
   return select(0, 1, u < m);
 }
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // One invocation per Philox block (4 consecutive bits) of one image.
   let blocks = (p.n + 3u) / 4u;
   let id = linear_workgroup(wid, nwg) * ${WG}u + li;
@@ -270,7 +270,7 @@ ${treeReduce(wg, 'u32', (a, b) => `${a} + ${b}`, { name: 'sum_u', array: 'su', d
 ${treeReduce(wg, 'f32', (a, b) => `max(${a}, ${b})`, { name: 'max_f', array: 'sf', declared: true })}
 
 @compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn main(${LINEAR_MAIN_ARGS}) {
   // One workgroup per (image, token); every branch below is uniform across the workgroup.
   let id = linear_workgroup(wid, nwg);
   if (id >= p.images * p.tokens) { return; }

@@ -8,6 +8,9 @@ export const LINEAR_WORKGROUP = /* wgsl */ `
 fn linear_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }
 `;
 
+/** Parameters of a `main` that calls linear_workgroup(wid, nwg) and uses the local index li. */
+export const LINEAR_MAIN_ARGS = '@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32';
+
 /**
  * WGSL storage type and scalar loader for an element type stored in memory.
  * f16 and bf16 are stored as packed u32 pairs and widened to f32 on load, so they need no feature.
