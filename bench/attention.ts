@@ -18,7 +18,7 @@ import type { Gpu } from '../engine/device.js';
 import { f32ToF16Array } from '../engine/dtype.js';
 import type { Tensor } from '../engine/tensor.js';
 import { attention, attentionTesting, attentionVarlen } from '../kernels/attention.js';
-import { type BenchRow, randomF32, row, timeRuns } from './types.js';
+import { type BenchRow, randomF32, row, timeRuns, withKernel } from './types.js';
 
 /** Unit vectors per head, times `mul`: cosine-attention inputs (logits bounded by mul). */
 function unitHeads(x: Float32Array, d: number, mul: number): Float32Array {
@@ -75,14 +75,9 @@ export async function benchAttention(gpu: Gpu, opts: { warmup?: number; runs?: n
       const largest = lq === selfCases[1][0] && dtype === 'f32';
       const kernels = ['auto', ...(dtype === 'f32' || !cpu ? ['portable'] : []), ...(cpu && largest ? ['tiled'] : [])] as const;
       for (const kernel of kernels as readonly (typeof attentionTesting.kernel)[]) {
-        attentionTesting.kernel = kernel;
-        try {
-          const ms = await timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs);
-          const name = kernel === 'auto' ? 'attention' : `attention [${kernel} kernel]`;
-          rows.push(row(name, `B${b} H${h} D${d} Lq${lq} Lk${kvLen}`, `f32 q, ${dtype} kv`, ms, flops, bytes));
-        } finally {
-          attentionTesting.kernel = 'auto';
-        }
+        const ms = await withKernel(attentionTesting, kernel, () => timeRuns(gpu, () => attention(gpu, q, k, v, { heads: h, scale: 1, kvLen, out }), warmup, runs));
+        const name = kernel === 'auto' ? 'attention' : `attention [${kernel} kernel]`;
+        rows.push(row(name, `B${b} H${h} D${d} Lq${lq} Lk${kvLen}`, `f32 q, ${dtype} kv`, ms, flops, bytes));
       }
       q.dispose();
       out.dispose();

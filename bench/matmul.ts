@@ -12,7 +12,7 @@ import type { Gpu } from '../engine/device.js';
 import { f32ToF16Array } from '../engine/dtype.js';
 import type { Tensor } from '../engine/tensor.js';
 import { type Activation, gemmFlops, linear, matmul, matmulTesting } from '../kernels/matmul.js';
-import { type BenchRow, randomF32, row, timeRuns } from './types.js';
+import { type BenchRow, randomF32, row, timeRuns, withKernel } from './types.js';
 
 interface LinearCase {
   name: string;
@@ -35,7 +35,7 @@ export async function benchMatmul(gpu: Gpu, opts: { warmup?: number; runs?: numb
     const b = gpu.upload(randomF32(S * S, 2), [S, S], 'f32');
     const out = gpu.empty([S, S], 'f32');
     for (const kernel of ['auto', cpu ? 'big' : 'register'] as const) {
-      const ms = await withKernel(kernel, () => timeRuns(gpu, () => matmul(gpu, a, b, { out }), warmup, runs));
+      const ms = await withKernel(matmulTesting, kernel, () => timeRuns(gpu, () => matmul(gpu, a, b, { out }), warmup, runs));
       rows.push(row(`matmul${label(kernel)}`, `${S}x${S}x${S}`, 'f32', ms, gemmFlops(S, S, S), 3 * S * S * 4));
     }
     for (const t of [a, b, out]) t.dispose();
@@ -61,7 +61,7 @@ export async function benchMatmul(gpu: Gpu, opts: { warmup?: number; runs?: numb
       const out = gpu.empty([c.M, c.N], 'f32');
       const bytes = c.M * c.K * 4 + c.N * c.K * (dtype === 'f32' ? 4 : 2) + c.M * c.N * 4;
       for (const kernel of cpu ? (['auto'] as const) : (['auto', 'register'] as const)) {
-        const ms = await withKernel(kernel, () => timeRuns(gpu, () => linear(gpu, x, w, bias, { out, activation: c.act }), warmup, runs));
+        const ms = await withKernel(matmulTesting, kernel, () => timeRuns(gpu, () => linear(gpu, x, w, bias, { out, activation: c.act }), warmup, runs));
         rows.push(row(`linear ${c.name}${label(kernel)}`, `${c.M}x${c.K}x${c.N}`, dtype, ms, gemmFlops(c.M, c.N, c.K), bytes));
       }
       for (const t of [x, w, bias, out]) t.dispose();
@@ -73,12 +73,3 @@ export async function benchMatmul(gpu: Gpu, opts: { warmup?: number; runs?: numb
 type KernelChoice = typeof matmulTesting.kernel;
 
 const label = (kernel: KernelChoice) => (kernel === 'auto' ? '' : ` [${kernel === 'register' ? 'register kernel' : 'tiled kernel'}]`);
-
-async function withKernel<T>(kernel: KernelChoice, fn: () => Promise<T>): Promise<T> {
-  matmulTesting.kernel = kernel;
-  try {
-    return await fn();
-  } finally {
-    matmulTesting.kernel = 'auto';
-  }
-}

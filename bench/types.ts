@@ -31,3 +31,14 @@ export function randomF32(n: number, seed: number): Float32Array {
   }
   return out;
 }
+
+/** Runs `fn` with a kernel family's test hook (`matmulTesting`, `attentionTesting`) forcing `kernel`; restores it after. */
+export async function withKernel<K extends string, T>(hook: { kernel: K }, kernel: K, fn: () => Promise<T>): Promise<T> {
+  const before = hook.kernel;
+  hook.kernel = kernel;
+  try {
+    return await fn();
+  } finally {
+    hook.kernel = before;
+  }
+}

@@ -337,8 +337,9 @@ export function attention(gpu: Gpu, q: Tensor, k: Tensor, v: Tensor, opts: Atten
   if (b === 0 || lq === 0) return out;
 
   const limit = opts.maxBindingBytes ?? gpu.limits.maxStorageBufferBindingSize;
-  for (const t of [q, k, v]) if (t.buffer === out.buffer) throw new ShapeError(name, `out ${out} shares a buffer with input ${t}`);
   if (useGemmPath(gpu, g, lq, kvLen, limit)) {
+    // The same refusal as `launch` gives the flash kernel's path.
+    for (const t of [q, k, v]) if (t.buffer === out.buffer) throw new ShapeError(name, `out ${out} shares a buffer with input ${t}`);
     attentionByGemm(gpu, q, k, v, out, { heads: g.heads, scale: opts.scale, kvLen, maxBindingBytes: limit });
     return out;
   }
