@@ -13,7 +13,7 @@
 // the re-reads of a layer's weight mostly hit a GPU's L2). Not yet measured on a GPU.
 
 import type { KernelSpec } from '../engine/pipelines.js';
-import { type GemmOperands, gemmPrelude, operandFlags } from './gemm_wgsl.js';
+import { type GemmOperands, gemmKernelName, gemmPrelude, operandFlags } from './gemm_wgsl.js';
 
 const THREADS = 256;
 /** Threads splitting one column's K. */
@@ -71,8 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     emit(cb, row0 + lane, col, red[(li - lane) * ${R}u + lane]);
   }
 }`;
-  const kind = v.kind === 'linear' ? `linear_${v.bDtype}w${v.aDtype === 'f16' ? '_f16x' : ''}${v.outDtype === 'f16' ? '_f16out' : ''}` : 'matmul_nt';
-  const spec: KernelSpec = { name: `${kind}_skinny`, bindings: ['read', 'read', 'read', 'write'], code };
+  const spec: KernelSpec = { name: `${gemmKernelName(v)}_skinny`, bindings: ['read', 'read', 'read', 'write'], code };
   specs.set(key, spec);
   return spec;
 }

@@ -18,7 +18,7 @@
 // and the switch-over are the textbook starting points, to be tuned with `npm run bench -- --only matmul`.
 
 import type { KernelSpec } from '../engine/pipelines.js';
-import { type GemmOperands, gemmPrelude, operandFlags } from './gemm_wgsl.js';
+import { type GemmOperands, gemmKernelName, gemmPrelude, operandFlags } from './gemm_wgsl.js';
 
 export interface GemmTile {
   name: 'big' | 'small';
@@ -169,8 +169,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
   }
 }`;
-  const kind = v.kind === 'linear' ? `linear_${v.bDtype}w${v.aDtype === 'f16' ? '_f16x' : ''}${v.outDtype === 'f16' ? '_f16out' : ''}` : `matmul_${v.aTrans ? 't' : 'n'}${v.bKN ? 'n' : 't'}`;
-  const spec: KernelSpec = { name: `${kind}_tiled${bm}`, bindings: ['read', 'read', 'read', 'write'], code };
+  const spec: KernelSpec = { name: `${gemmKernelName(v)}_tiled${bm}`, bindings: ['read', 'read', 'read', 'write'], code };
   specs.set(key, spec);
   return spec;
 }

@@ -26,6 +26,13 @@ export function operandFlags(v: GemmOperands): string {
   return [v.kind, v.aDtype, v.bDtype, v.outDtype, v.aTrans ? 'at' : 'an', v.bKN ? 'kn' : 'nk', v.vec ? 'v' : 's'].join('_');
 }
 
+/** The operands part of a GEMM kernel's name (profiles, `gpu.compiledKernels`): linear_<w dtype>w[_f16x][_f16out]
+ *  or matmul_<n|t><n|t>; each kernel appends its own variant (_r16, _tiled128, _skinny). */
+export function gemmKernelName(v: Omit<GemmOperands, 'vec'>): string {
+  if (v.kind === 'linear') return `linear_${v.bDtype}w${v.aDtype === 'f16' ? '_f16x' : ''}${v.outDtype === 'f16' ? '_f16out' : ''}`;
+  return `matmul_${v.aTrans ? 't' : 'n'}${v.bKN ? 'n' : 't'}`;
+}
+
 /** Storage element type of an operand: f32 or packed halves, as vec4 / vec2 / scalar (`width` elements). */
 function arrayType(dtype: Stored, width: number): string {
   if (dtype === 'f32') return width === 1 ? 'f32' : `vec${width}<f32>`;

@@ -27,7 +27,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { unaryRef } from './elementwise.js';
 import { SKINNY_COLS, SKINNY_MAX_ROWS, SKINNY_ROWS, skinnyGemmSpec } from './gemm_skinny.js';
 import { type GemmTile, GEMM_TILES, pickGemmTile, tiledGemmSpec } from './gemm_tiled.js';
-import { type GemmOperands, gemmPrelude, operandFlags } from './gemm_wgsl.js';
+import { type GemmOperands, gemmKernelName, gemmPrelude, operandFlags } from './gemm_wgsl.js';
 import { ceilDiv } from './wgsl.js';
 
 export type Activation = 'none' | 'gelu_tanh' | 'gelu_erf' | 'silu';
@@ -86,8 +86,7 @@ function variantKey(v: Variant): string {
 }
 
 function kernelName(v: Variant): string {
-  if (v.kind === 'linear') return `linear_${v.bDtype}w${v.aDtype === 'f16' ? '_f16x' : ''}${v.outDtype === 'f16' ? '_f16out' : ''}_r${v.rows}`;
-  return `matmul_${v.aTrans ? 't' : 'n'}${v.bKN ? 'n' : 't'}_r${v.rows}`;
+  return `${gemmKernelName(v)}_r${v.rows}`;
 }
 
 /**
