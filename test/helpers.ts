@@ -30,6 +30,16 @@ export async function releaseTestGpu(): Promise<void> {
   shared = null;
 }
 
+/** Runs `fn` on a validating GPU tuned for GPUs (`tuning: 'gpu'`: the kernels a real GPU picks), destroyed after. */
+export async function withGpuTuning<T>(fn: (gpu: Gpu) => Promise<T>): Promise<T> {
+  const gpu = await Gpu.create({ validate: true, tuning: 'gpu' });
+  try {
+    return await fn(gpu);
+  } finally {
+    gpu.destroy();
+  }
+}
+
 /** A random seed per run (printed on failure through the test name), overridable with STAGEVAR_TEST_SEED. */
 export const runSeed = Number(process.env.STAGEVAR_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
 

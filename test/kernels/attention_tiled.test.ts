@@ -7,12 +7,11 @@
 // 5e-5 absolute for cosine attention with logits up to ±100; f16 output adds ≤ 2⁻¹¹ relative.
 
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { Gpu } from '../../engine/device.js';
 import { f32ToF16Array, roundThrough } from '../../engine/dtype.js';
 import { attention, attentionMasked, attentionRef, attentionTesting } from '../../kernels/attention.js';
 import { tiledAttentionShape } from '../../kernels/attention_tiled.js';
 import { checkDense, checkVarlen, unitHeads } from './attention_helpers.js';
-import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
+import { expectClose, poisoned, randn, releaseTestGpu, rng, runSeed, testGpu, withGpuTuning } from '../helpers.js';
 
 afterAll(releaseTestGpu);
 afterEach(() => {
@@ -90,8 +89,7 @@ describe(`tiled attention (seed ${runSeed})`, () => {
   });
 
   it('a device tuned for GPUs runs it unasked', async () => {
-    const tuned = await Gpu.create({ tuning: 'gpu', validate: true });
-    try {
+    await withGpuTuning(async (tuned) => {
       const rand = rng(runSeed + 64);
       const [h, d, lq, lk] = [1, 64, 3, 50];
       const q = randn(lq * h * d, rand);
@@ -101,8 +99,6 @@ describe(`tiled attention (seed ${runSeed})`, () => {
       const ref = attentionRef(q, k, v, d, { heads: h, scale: 0.125, seqs: [{ q0: 0, nq: lq, k0: 0, nk: lk }] });
       expectClose(await out.read(), ref, { ...TOL, what: 'gpu-tuned attention' });
       expect(tuned.compiledKernels).toContain('attention_tiled_f32_d64');
-    } finally {
-      tuned.destroy();
-    }
+    });
   });
 });

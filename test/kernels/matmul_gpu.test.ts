@@ -12,7 +12,7 @@ import { roundThrough } from '../../engine/dtype.js';
 import { SKINNY_MAX_ROWS } from '../../kernels/gemm_skinny.js';
 import { GEMM_TILES, pickGemmTile } from '../../kernels/gemm_tiled.js';
 import { linear, linearRef, matmul, matmulRef, matmulTesting } from '../../kernels/matmul.js';
-import { expectClose, poisoned, randomArray, releaseTestGpu, rng, runSeed, testGpu } from '../helpers.js';
+import { expectClose, poisoned, randomArray, releaseTestGpu, rng, runSeed, testGpu, withGpuTuning } from '../helpers.js';
 import { checkBatchedMatmul, checkLinear, dotTol, uploadAs } from './matmul_helpers.js';
 
 afterAll(releaseTestGpu);
@@ -167,8 +167,7 @@ describe('GPU GEMM selection', () => {
     const gpu = await testGpu();
     expect(gpu.adapter.software).toBe(true);
     expect(gpu.tuning).toBe(process.env.STAGEVAR_KERNELS || 'cpu'); // 'cpu' unless overridden
-    const tuned = await Gpu.create({ tuning: 'gpu', validate: true });
-    try {
+    await withGpuTuning(async (tuned) => {
       expect(tuned.tuning).toBe('gpu');
       const rand = rng(runSeed + 8);
       for (const [M, K, N, kernel] of [[2, 20, 11, 'linear_f32w_skinny'], [SKINNY_MAX_ROWS + 1, 20, 11, 'linear_f32w_tiled64']] as const) {
@@ -179,15 +178,12 @@ describe('GPU GEMM selection', () => {
         expectClose(await out.read(), linearRef(x, w, null, M, N, K), { what: `gpu-tuned linear M ${M}`, ...dotTol(K, 1, 1) });
         expect(tuned.compiledKernels).toContain(kernel);
       }
-    } finally {
-      tuned.destroy();
-    }
+    });
     await expect(Gpu.create({ tuning: 'fast' as never })).rejects.toThrow(/kernel tuning "fast".*one of: cpu, gpu/);
   });
 
   it('outputs too wide for the skinny grid (N/8 > 65535 workgroups) take the tiled kernel', async () => {
-    const tuned = await Gpu.create({ tuning: 'gpu', validate: true });
-    try {
+    await withGpuTuning(async (tuned) => {
       const rand = rng(runSeed + 9);
       const [M, K, N] = [2, 1, 524_281];
       const x = randomArray(M * K, rand);
@@ -195,8 +191,6 @@ describe('GPU GEMM selection', () => {
       const y = linear(tuned, tuned.upload(x, [M, K], 'f32'), tuned.upload(w, [N, K], 'f32'), null);
       expectClose(await y.read(), linearRef(x, w, null, M, N, K), { what: 'wide linear', ...dotTol(K, 1, 1) });
       expect(tuned.compiledKernels).toEqual([expect.stringMatching(/^linear_f32w_tiled(64|128)$/)]);
-    } finally {
-      tuned.destroy();
-    }
+    });
   });
 });
